@@ -1,0 +1,3 @@
+from sympformer.cli import main
+
+raise SystemExit(main())

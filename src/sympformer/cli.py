@@ -1,0 +1,47 @@
+"""The `sympformer` command line.
+
+Each subcommand lives in its own module and registers itself through ``register(subparsers)``;
+this file only assembles them. Subcommands exist only once they do real work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from sympformer import __version__
+from sympformer.commands import demo
+
+SUBCOMMANDS = (demo,)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sympformer",
+        description=(
+            "Accelerated attention: attention as an interacting particle system and its inertial "
+            "(damped-Hamiltonian) acceleration. Run `sympformer COMMAND --help` for each command."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"sympformer {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in SUBCOMMANDS:
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return int(args.handler(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

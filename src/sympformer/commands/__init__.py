@@ -1,0 +1,1 @@
+"""Subcommands of the `sympformer` command line, one module each."""
