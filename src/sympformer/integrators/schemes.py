@@ -1,0 +1,314 @@
+r"""Time-stepping schemes for the damped Hamiltonian system
+
+    Ẋ = F(X, P) = ∂H/∂P,      Ṗ = G(X, P) − α(t) P,      G = −∂H/∂X,
+
+given an oracle (see :mod:`sympformer.integrators.oracle`) and a :class:`Damping` schedule.
+Every scheme is written once and used by the particle lab and the language-model blocks alike.
+``step(oracle, x, p, t, h, damping, memory)`` advances from time t to t + h and returns
+``(x, p, memory)``; multistep schemes carry their previous right-hand side in ``memory``
+(``None`` on the first step). Separate position/momentum step sizes are an oracle rescaling:
+step with h = h_P and an oracle whose velocity is multiplied by h_X / h_P.
+
+Notation: σ(t, h) = exp(−(η(t+h) − η(t))) is the exact friction factor, Δη = η(t+h) − η(t).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+from sympformer.integrators.damping import NO_DAMPING, Damping, phi1
+from sympformer.integrators.oracle import Oracle
+
+
+class Step(NamedTuple):
+    x: Tensor
+    p: Tensor
+    memory: Any = None
+
+
+class Scheme:
+    """Base class: ``name``, the order of accuracy and the oracle calls per step."""
+
+    name: str = ""
+    order: int = 0
+    calls_per_step: int = 0
+
+    def step(self, oracle: Oracle, x: Tensor, p: Tensor, t, h, damping: Damping, memory=None) -> Step:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(order={self.order}, calls_per_step={self.calls_per_step})"
+
+
+class ForwardEuler(Scheme):
+    r"""Forward Euler, simultaneous in (X, P). Order 1, one oracle call.
+
+    X⁺ = X + h F(X, P)
+    P⁺ = P + h (G(X, P) − α(t) P)
+    """
+
+    name, order, calls_per_step = "euler", 1, 1
+
+    def step(self, oracle, x, p, t, h, damping, memory=None):
+        ev = oracle(x, p)
+        return Step(x + h * ev.velocity, p + h * (ev.force - damping.alpha_at(t) * p))
+
+
+class KickDrift(Scheme):
+    r"""Kick, damp, drift (conformal symplectic Euler). Order 1, one oracle call.
+
+        P⁺ = σ(t, h) · (P + h G(X, P))
+        X⁺ = X + h K(X) P⁺          (drift with the new momentum, same kernel)
+
+    Symplectic (conformally symplectic with damping) when H is separable; for a position-dependent
+    metric K(X) it is the paper's explicit "presymplectic Euler", first order but not symplectic.
+    """
+
+    name, order, calls_per_step = "kick_drift", 1, 1
+
+    def step(self, oracle, x, p, t, h, damping, memory=None):
+        ev = oracle(x, p)
+        p_new = damping.factor(t, h) * (p + h * ev.force)
+        return Step(x + h * ev.velocity_map(p_new), p_new)
+
+
+class ExponentialEuler(Scheme):
+    r"""Damped exponential Euler: the friction integrated exactly, the force frozen. Order 1, one call.
+
+        P⁺ = e^{−Δη} P + h φ₁(Δη) G(X, P),      φ₁(a) = (1 − e^{−a}) / a
+        X⁺ = X + h F(X, P)          (drift="old", the v1 `presymp_exp_euler`)
+        X⁺ = X + h K(X) P⁺          (drift="new", presymplectic drift)
+
+    h φ₁(Δη) = ∫ e^{−(η(t+h)−η(s))} ds exactly when α is constant over the step.
+    """
+
+    order, calls_per_step = 1, 1
+
+    def __init__(self, drift: str = "old") -> None:
+        if drift not in ("old", "new"):
+            raise ValueError(f"drift must be 'old' or 'new' (got {drift!r})")
+        self.drift = drift
+        self.name = "exp_euler" if drift == "old" else "exp_kick_drift"
+
+    def step(self, oracle, x, p, t, h, damping, memory=None):
+        ev = oracle(x, p)
+        a = damping.delta_eta(t, h)
+        p_new = torch.exp(-a) * p + h * phi1(a) * ev.force
+        velocity = ev.velocity if self.drift == "old" else ev.velocity_map(p_new)
+        return Step(x + h * velocity, p_new)
+
+
+class Doubling(Scheme):
+    r"""Explicit second-order integrator for non-separable Hamiltonians by phase-space doubling
+    (Tao 2016; the v1 `presymp` step, notes §2.3), applied to the conformal variable Π = e^{η} P.
+    Order 2, four oracle calls.
+
+    The damped system is the Hamiltonian system of H̃(X, Π, τ) = e^{η(τ)} H(X, e^{−η(τ)} Π), i.e.
+    velocity F(X, e^{−η}Π) and force e^{η} G(X, e^{−η}Π). A shadow copy (X̄, Π̄, τ̄) is coupled with
+    strength ξ, and one step is  φ_A(h/2) ∘ φ_B(h/2) ∘ φ_C(h) ∘ φ_B(h/2) ∘ φ_A(h/2):
+
+        φ_A(δ): (v, f) = field(τ, X, Π̄);  Π += δ f;  X̄ += δ v;  τ̄ += δ
+        φ_B(δ): (v, f) = field(τ̄, X̄, Π);  X += δ v;  Π̄ += δ f;  τ += δ
+        φ_C(δ): rotation by θ = 2ξδ of the differences Δ = (X − X̄, Π − Π̄), sums Σ kept:
+                X = ½(Σ_X + cΔ_X + sΔ_Π),  Π = ½(Σ_Π − sΔ_X + cΔ_Π),
+                X̄ = ½(Σ_X − cΔ_X − sΔ_Π),  Π̄ = ½(Σ_Π + sΔ_X − cΔ_Π),   c = cos θ, s = sin θ
+
+    Output X⁺ = X, P⁺ = e^{−η(t+h)} Π; the shadow copy is discarded. Π is taken relative to η(t)
+    so that e^{η} never overflows.
+    """
+
+    name, order, calls_per_step = "doubling", 2, 4
+
+    def __init__(self, xi: float = 0.5) -> None:
+        if not xi > 0:
+            raise ValueError(f"the coupling xi must be positive (got {xi})")
+        self.xi = xi
+
+    def step(self, oracle, x, p, t, h, damping, memory=None):
+        def field(tau, positions, pi):
+            scale = torch.exp(damping.delta_eta(t, tau - t))  # e^{η(τ) − η(t)}
+            ev = oracle(positions, pi / scale)
+            return ev.velocity, scale * ev.force
+
+        half = h / 2
+        X, Pi, Xb, Pib = x, p, x, p
+        tau, tau_b = t, t
+
+        def phi_a(X, Pi, Xb, Pib, tau, tau_b):
+            v, f = field(tau, X, Pib)
+            return X, Pi + half * f, Xb + half * v, Pib, tau, tau_b + half
+
+        def phi_b(X, Pi, Xb, Pib, tau, tau_b):
+            v, f = field(tau_b, Xb, Pi)
+            return X + half * v, Pi, Xb, Pib + half * f, tau + half, tau_b
+
+        theta = 2 * self.xi * h
+        c = torch.cos(theta) if isinstance(theta, Tensor) else math.cos(theta)
+        s = torch.sin(theta) if isinstance(theta, Tensor) else math.sin(theta)
+
+        def phi_c(X, Pi, Xb, Pib, tau, tau_b):
+            dx, dp, sx, sp = X - Xb, Pi - Pib, X + Xb, Pi + Pib
+            return (
+                (sx + c * dx + s * dp) / 2,
+                (sp - s * dx + c * dp) / 2,
+                (sx - c * dx - s * dp) / 2,
+                (sp + s * dx - c * dp) / 2,
+                tau,
+                tau_b,
+            )
+
+        state = (X, Pi, Xb, Pib, tau, tau_b)
+        for substep in (phi_a, phi_b, phi_c, phi_b, phi_a):
+            state = substep(*state)
+        X, Pi = state[0], state[1]
+        return Step(X, damping.factor(t, h) * Pi)
+
+
+class ConformalStrang(Scheme):
+    r"""Conformal Strang splitting: exact damping over each half step around a conservative step.
+
+        P ← exp(−(η(t + h/2) − η(t))) P
+        (X, P) ← Ψ_h(X, P)            (the inner scheme with no damping)
+        P ← exp(−(η(t + h) − η(t + h/2))) P
+
+    Each half uses its own interval (the authors' code applies the first factor twice, notes §6.5).
+    Order min(2, inner order); oracle calls those of the inner scheme. With the kick–drift inner
+    step this is the one-call "half-damped Euler" of notes §7; with the doubling step it is the
+    v1 `presymp_strang`.
+    """
+
+    def __init__(self, inner: Scheme) -> None:
+        if isinstance(inner, (AdamsBashforth2, ETDAdamsBashforth2, ConformalStrang)):
+            raise ValueError(f"the inner step of a Strang splitting must be a one-step scheme, not {inner}")
+        self.inner = inner
+        self.order = min(2, inner.order)
+        self.calls_per_step = inner.calls_per_step
+        self.name = "half_damped_euler" if isinstance(inner, KickDrift) else f"strang_{inner.name}"
+
+    def step(self, oracle, x, p, t, h, damping, memory=None):
+        p = damping.factor(t, h / 2) * p
+        x, p, _ = self.inner.step(oracle, x, p, t, h, NO_DAMPING)
+        return Step(x, damping.factor(t + h / 2, h / 2) * p)
+
+
+class AB2Memory(NamedTuple):
+    velocity: Tensor
+    momentum_rate: Tensor
+    h: Any
+
+
+class AdamsBashforth2(Scheme):
+    r"""Variable-step two-step Adams–Bashforth on the full right-hand side R = (F, G − α(t) P).
+    Order 2, one oracle call (forward Euler on the first step).
+
+        Z⁺ = Z + h_n [(1 + r/2) R_n − (r/2) R_{n−1}],      r = h_n / h_{n−1}
+
+    The fixed 1.5/−0.5 weights of the authors' v1 code are the special case r = 1 (notes §6.4).
+    """
+
+    name, order, calls_per_step = "ab2", 2, 1
+
+    def step(self, oracle, x, p, t, h, damping, memory=None):
+        ev = oracle(x, p)
+        rate_x, rate_p = ev.velocity, ev.force - damping.alpha_at(t) * p
+        if memory is None:
+            x_new, p_new = x + h * rate_x, p + h * rate_p
+        else:
+            r = h / memory.h
+            x_new = x + h * ((1 + r / 2) * rate_x - (r / 2) * memory.velocity)
+            p_new = p + h * ((1 + r / 2) * rate_p - (r / 2) * memory.momentum_rate)
+        return Step(x_new, p_new, AB2Memory(rate_x, rate_p, h))
+
+
+class ETDMemory(NamedTuple):
+    velocity: Tensor
+    force: Tensor
+    t: Any
+    h: Any
+
+
+class ETDAdamsBashforth2(Scheme):
+    r"""Integrating-factor ("ETD") Adams–Bashforth 2 in the conformal variable Π = e^{η} P, whose
+    equation Π̇ = e^{η} G carries no friction term. One oracle call (Euler-type first step).
+
+        H_n = G_n,  H_{n−1} = e^{η(t_{n−1}) − η(t_n)} G_{n−1}          (Π relative to η(t_n))
+        P⁺ = σ(t_n, h_n) · (P + h_n [(1 + r/2) H_n − (r/2) H_{n−1}])
+        X⁺ = X + h_n [(1 + r/2) F_n − (r/2) F_{n−1}]      drift="ab2": order 2
+        X⁺ = X + h_n K(X) P⁺                               drift="new" (v1 `presymp_etd_ab2`): order 1
+    """
+
+    calls_per_step = 1
+
+    def __init__(self, drift: str = "ab2") -> None:
+        if drift not in ("ab2", "new"):
+            raise ValueError(f"drift must be 'ab2' or 'new' (got {drift!r})")
+        self.drift = drift
+        self.order = 2 if drift == "ab2" else 1
+        self.name = "etd_ab2" if drift == "ab2" else "etd_ab2_new_drift"
+
+    def step(self, oracle, x, p, t, h, damping, memory=None):
+        ev = oracle(x, p)
+        if memory is None:
+            pi_rate, x_rate = ev.force, ev.velocity
+        else:
+            r = h / memory.h
+            previous_force = damping.factor(memory.t, memory.h) * memory.force
+            pi_rate = (1 + r / 2) * ev.force - (r / 2) * previous_force
+            x_rate = (1 + r / 2) * ev.velocity - (r / 2) * memory.velocity
+        p_new = damping.factor(t, h) * (p + h * pi_rate)
+        if self.drift == "new":
+            x_rate = ev.velocity_map(p_new)
+        return Step(x + h * x_rate, p_new, ETDMemory(ev.velocity, ev.force, t, h))
+
+
+class RK4(Scheme):
+    r"""Classical Runge–Kutta 4 on (Ẋ, Ṗ) = (F, G − α(t) P). Order 4, four oracle calls (reference)."""
+
+    name, order, calls_per_step = "rk4", 4, 4
+
+    def step(self, oracle, x, p, t, h, damping, memory=None):
+        def rate(tau, X, P):
+            ev = oracle(X, P)
+            return ev.velocity, ev.force - damping.alpha_at(tau) * P
+
+        k1x, k1p = rate(t, x, p)
+        k2x, k2p = rate(t + h / 2, x + h / 2 * k1x, p + h / 2 * k1p)
+        k3x, k3p = rate(t + h / 2, x + h / 2 * k2x, p + h / 2 * k2p)
+        k4x, k4p = rate(t + h, x + h * k3x, p + h * k3p)
+        return Step(
+            x + h / 6 * (k1x + 2 * k2x + 2 * k3x + k4x),
+            p + h / 6 * (k1p + 2 * k2p + 2 * k3p + k4p),
+        )
+
+
+def scheme_registry(xi: float = 0.5) -> dict[str, Scheme]:
+    """Every second-order-system scheme by name (``xi``: coupling of the doubling schemes)."""
+    schemes = [
+        ForwardEuler(),
+        KickDrift(),
+        ExponentialEuler("old"),
+        ExponentialEuler("new"),
+        ConformalStrang(KickDrift()),
+        Doubling(xi),
+        ConformalStrang(Doubling(xi)),
+        AdamsBashforth2(),
+        ETDAdamsBashforth2("ab2"),
+        ETDAdamsBashforth2("new"),
+        RK4(),
+    ]
+    return {scheme.name: scheme for scheme in schemes}
+
+
+SCHEME_NAMES = tuple(scheme_registry())
+
+
+def get_scheme(name: str, **options) -> Scheme:
+    """Look a scheme up by name; an unknown name is an error that lists the valid ones."""
+    registry = scheme_registry(**options)
+    if name not in registry:
+        raise ValueError(f"unknown scheme {name!r}; valid schemes: {', '.join(registry)}")
+    return registry[name]
