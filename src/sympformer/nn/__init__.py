@@ -1,0 +1,28 @@
+"""Drop-in `torch.nn` modules: attention, momentum blocks (B, Y, H0, H1, R2, H1_LA, R2_LA), and the
+`SympFormerLM` language model."""
+
+from sympformer.nn.attention import CausalSelfAttention, connection_reference
+from sympformer.nn.blocks import H0, H1, H1_LA, R2, R2_LA, SOFTMAX_BLOCKS, B, MomentumBlock, Y
+from sympformer.nn.config import ARCHS, SympFormerConfig
+from sympformer.nn.layers import MLP, ConstrainedScalar, LayerNorm
+from sympformer.nn.model import SympFormerLM
+
+__all__ = [
+    "ARCHS",
+    "B",
+    "H0",
+    "H1",
+    "H1_LA",
+    "MLP",
+    "R2",
+    "R2_LA",
+    "SOFTMAX_BLOCKS",
+    "ConstrainedScalar",
+    "CausalSelfAttention",
+    "LayerNorm",
+    "MomentumBlock",
+    "SympFormerConfig",
+    "SympFormerLM",
+    "Y",
+    "connection_reference",
+]

@@ -1,0 +1,156 @@
+r"""Causal multi-head softmax attention through ``scaled_dot_product_attention``, and the connection
+term C(z; u) of the normalised heavy-ball blocks H1/R2 (notes §2.6), computed without a T×T matrix.
+
+Per head r, with q, k, w = W_Q z, W_K z, W_V z and P_r = causal softmax(q_r k_rᵀ / √d_h):
+
+    F_i     = W_O merge_r(Σ_j P_r,ij w_r,j)                   (the attention output)
+    dq, dk  = W_Q u, W_K u                                     (raw weights: no LN Jacobian)
+    drift_i = mean_r Σ_j P_r,ij (dq_r,i · k_r,j + q_r,i · dk_r,j) / √d_h
+            = mean_r (dq_r,i · Σ_j P k_r,j + q_r,i · Σ_j P dk_r,j) / √d_h
+    s_j     = ‖u_j‖²
+    C_i     = drift_i u_i − ½ [ s_i F_i + W_O merge_r(Σ_j P_r,ij s_j w_r,j) ]
+
+Every Σ_j P_ij (·)_j is the same softmax applied to other values, so when u is known before the
+attention (H1) one SDPA call on the concatenated values [w, k, dk, s·w] gives F and C together; when
+u depends on F (R2: u = W = β v + g F) a second call on [dk, s·w] re-aggregates with the same softmax.
+:func:`connection_reference` is the per-row loop that materialises P (tests only).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sympformer.softmax_ops import softmax_average
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention with SDPA, plus the pieces the connection term reuses.
+
+    ``evaluations`` counts the attention evaluations (distinct softmax distributions, the paper's
+    oracle calls) and ``kernel_calls`` the SDPA launches since the last :meth:`reset_counters`.
+    """
+
+    def __init__(self, n_embd: int, n_head: int, bias: bool, dropout: float) -> None:
+        super().__init__()
+        if n_embd % n_head:
+            raise ValueError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head})")
+        self.n_head, self.head_dim = n_head, n_embd // n_head
+        self.scale = 1.0 / math.sqrt(self.head_dim)
+        self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)
+        self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
+        self.dropout = dropout
+        self.resid_dropout = nn.Dropout(dropout)
+        self.reset_counters()
+
+    def reset_counters(self) -> None:
+        self.evaluations = 0
+        self.kernel_calls = 0
+
+    def split_heads(self, t: Tensor) -> Tensor:
+        b, n, c = t.shape
+        return t.view(b, n, self.n_head, c // self.n_head).transpose(1, 2)
+
+    @staticmethod
+    def merge_heads(t: Tensor) -> Tensor:
+        b, h, n, d = t.shape
+        return t.transpose(1, 2).reshape(b, n, h * d)
+
+    def project(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """q, k, w (values), each (B, H, T, d_h)."""
+        q, k, w = self.c_attn(z).split(self.c_attn.out_features // 3, dim=-1)
+        return self.split_heads(q), self.split_heads(k), self.split_heads(w)
+
+    def directions(self, u: Tensor) -> tuple[Tensor, Tensor]:
+        """dq = W_Q u and dk = W_K u (weights only: a directional derivative has no bias)."""
+        n = self.c_attn.out_features // 3
+        weight = self.c_attn.weight
+        return self.split_heads(F.linear(u, weight[:n])), self.split_heads(F.linear(u, weight[n : 2 * n]))
+
+    def output_linear(self, y: Tensor) -> Tensor:
+        """W_O merge(y) without the bias (the linear part of the output projection)."""
+        return F.linear(self.merge_heads(y), self.c_proj.weight)
+
+    def output(self, y: Tensor) -> Tensor:
+        """The attention output c_proj(merge(y)) with residual dropout."""
+        return self.resid_dropout(self.c_proj(self.merge_heads(y)))
+
+    def aggregate(self, q: Tensor, k: Tensor, values: list[Tensor], new_softmax: bool = True) -> list[Tensor]:
+        """Σ_j P_ij v_j for every v in ``values`` from ONE SDPA call on their concatenation."""
+        widths = [v.shape[-1] for v in values]
+        if self.training and self.dropout > 0:
+            width = max(q.shape[-1], sum(widths))
+            pad = lambda t: F.pad(t, (0, width - t.shape[-1]))
+            out = F.scaled_dot_product_attention(
+                pad(q),
+                pad(k),
+                pad(torch.cat(values, -1)),
+                dropout_p=self.dropout,
+                is_causal=True,
+                scale=self.scale,
+            )[..., : sum(widths)]
+        else:
+            out = softmax_average(q, k, torch.cat(values, -1), scale=self.scale, causal=True)
+        self.kernel_calls += 1
+        self.evaluations += int(new_softmax)
+        return list(out.split(widths, dim=-1))
+
+    def forward(self, z: Tensor) -> Tensor:
+        q, k, w = self.project(z)
+        (y,) = self.aggregate(q, k, [w])
+        return self.output(y)
+
+    # --- the connection term -------------------------------------------------------------------
+
+    def _connection(self, q, u, dq, k_avg, dk_avg, sw_avg, f_linear) -> Tensor:
+        drift = (self.scale * ((dq * k_avg).sum(-1) + (q * dk_avg).sum(-1))).mean(1)  # (B, T)
+        s = u.square().sum(-1, keepdim=True)
+        return drift.unsqueeze(-1) * u - 0.5 * (s * f_linear + self.output_linear(sw_avg))
+
+    def with_connection(self, z: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+        """(F, C(z; u)) for a direction u known before the attention: ONE SDPA call."""
+        q, k, w = self.project(z)
+        dq, dk = self.directions(u)
+        s = u.square().sum(-1)[:, None, :, None]
+        y, k_avg, dk_avg, sw_avg = self.aggregate(q, k, [w, k, dk, s * w])
+        return self.output(y), self._connection(q, u, dq, k_avg, dk_avg, sw_avg, self.output_linear(y))
+
+    def then_connection(self, z: Tensor, direction) -> tuple[Tensor, Tensor, Tensor]:
+        """(F, u, C(z; u)) for a direction u = direction(F) that needs the attention output (R2):
+        one attention evaluation, a second SDPA call re-aggregates [dk, s·w] with the same softmax."""
+        q, k, w = self.project(z)
+        y, k_avg = self.aggregate(q, k, [w, k])
+        out = self.output(y)
+        u = direction(out)
+        dq, dk = self.directions(u)
+        s = u.square().sum(-1)[:, None, :, None]
+        dk_avg, sw_avg = self.aggregate(q, k, [dk, s * w], new_softmax=False)
+        return out, u, self._connection(q, u, dq, k_avg, dk_avg, sw_avg, self.output_linear(y))
+
+
+def connection_reference(attn: CausalSelfAttention, z: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+    """(F, C) by explicit loops over batch, head and row with the softmax row materialised (tests)."""
+    q, k, w = attn.project(z)
+    dq, dk = attn.directions(u)
+    batch, heads, length, _ = q.shape
+    s = u.square().sum(-1)
+    y = torch.zeros_like(w)
+    sw = torch.zeros_like(w)
+    drift = z.new_zeros(batch, length)
+    for b in range(batch):
+        for r in range(heads):
+            for i in range(length):
+                scores = torch.stack([q[b, r, i] @ k[b, r, j] for j in range(i + 1)]) * attn.scale
+                p = torch.softmax(scores, 0)
+                for j in range(i + 1):
+                    y[b, r, i] += p[j] * w[b, r, j]
+                    sw[b, r, i] += p[j] * s[b, j] * w[b, r, j]
+                    drift[b, i] += (
+                        p[j] * attn.scale * (dq[b, r, i] @ k[b, r, j] + q[b, r, i] @ dk[b, r, j]) / heads
+                    )
+    f_linear = attn.output_linear(y)
+    connection = drift.unsqueeze(-1) * u - 0.5 * (s.unsqueeze(-1) * f_linear + attn.output_linear(sw))
+    return attn.c_proj(attn.merge_heads(y)), connection

@@ -1,0 +1,101 @@
+"""`SympFormerConfig`: the language model's shape and architecture, validated, JSON round trip."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from sympformer.nn.blocks import SOFTMAX_BLOCKS
+
+# B_cap: the baseline with a second (token, position) embedding table added at the input, so that it
+# has the parameters of the momentum models (their v0 tables) without any momentum: the fair control.
+ARCHS: tuple[str, ...] = ("B", "B_cap", *[name for name in SOFTMAX_BLOCKS if name != "B"])
+V0_MODES = ("learned", "zero")
+STRENGTH_MODES = ("fixed", "learned")
+
+
+def _choice(name: str, value, valid) -> None:
+    if value not in valid:
+        raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(map(str, valid))}")
+
+
+@dataclass
+class SympFormerConfig:
+    """Model configuration.
+
+    arch: one of ARCHS (B, B_cap, Y, H0, H1, R2, H1_LA, R2_LA).
+    v0: initial velocity of the momentum architectures: "learned" (tok_v0(idx) + pos_v0(pos)) or "zero".
+    connection_strength: η of H1/R2: "fixed" (= 1) or "learned" (exp(raw) per layer, starts at 1).
+    gain_floor: added to every softplus gain γ (v4: 1e-6).
+    """
+
+    vocab_size: int = 256
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 64
+    block_size: int = 128
+    bias: bool = False
+    dropout: float = 0.0
+    arch: str = "B"
+    v0: str = "learned"
+    connection_strength: str = "fixed"
+    gain_floor: float = 1e-6
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "n_layer", "n_head", "n_embd", "block_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if not isinstance(self.bias, bool):
+            raise ValueError(f"bias must be true or false, got {self.bias!r}")
+        if not 0.0 <= float(self.dropout) < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if not float(self.gain_floor) >= 0:
+            raise ValueError(f"gain_floor must be non-negative, got {self.gain_floor!r}")
+        _choice("arch", self.arch, ARCHS)
+        _choice("v0", self.v0, V0_MODES)
+        _choice("connection_strength", self.connection_strength, STRENGTH_MODES)
+
+    @property
+    def has_velocity(self) -> bool:
+        return self.arch not in ("B", "B_cap")
+
+    @property
+    def has_second_embedding(self) -> bool:
+        """True when the model owns tok_v0 / pos_v0 tables (learned v0, or B_cap's second table)."""
+        return self.arch == "B_cap" or (self.has_velocity and self.v0 == "learned")
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, values: dict) -> SympFormerConfig:
+        unknown = sorted(set(values) - set(cls.field_names()))
+        if unknown:
+            raise ValueError(
+                f"unknown model config key(s) {', '.join(unknown)}; valid keys: "
+                f"{', '.join(cls.field_names())}"
+            )
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes) -> SympFormerConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> SympFormerConfig:
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def load(cls, path: str | Path) -> SympFormerConfig:
+        return cls.from_json(Path(path).read_text())

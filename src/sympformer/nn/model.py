@@ -1,0 +1,148 @@
+r"""`SympFormerLM`: a GPT-style language model whose blocks are chosen by ``config.arch``.
+
+    x₀ = tok_emb(idx) + pos_emb(pos)                       (B_cap adds tok_v0(idx) + pos_v0(pos))
+    v₀ = tok_v0(idx) + pos_v0(pos)  or 0                   (momentum architectures)
+    (x, v) ← block_ℓ(x, v),  ℓ = 1..n_layer
+    logits = lm_head(LN_f(x)),  lm_head tied to tok_emb
+
+Initialisation is *paired*: each tensor is drawn from a generator seeded by (seed, its name), so
+every architecture built from one seed has identical values in every tensor it shares with another
+(same embeddings, same attention and MLP weights, same v0 tables), as a paired comparison needs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zlib
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sympformer.nn.blocks import SOFTMAX_BLOCKS
+from sympformer.nn.config import SympFormerConfig
+from sympformer.nn.layers import ConstrainedScalar
+from sympformer.utils import atomic_write_text
+
+INIT_STD = 0.02
+
+
+class SympFormerLM(nn.Module):
+    def __init__(self, config: SympFormerConfig, seed: int = 0) -> None:
+        super().__init__()
+        self.config = config
+        n = config.n_embd
+        self.tok_emb = nn.Embedding(config.vocab_size, n)
+        self.pos_emb = nn.Embedding(config.block_size, n)
+        if config.has_second_embedding:
+            self.tok_v0 = nn.Embedding(config.vocab_size, n)
+            self.pos_v0 = nn.Embedding(config.block_size, n)
+        self.drop = nn.Dropout(config.dropout)
+        block = SOFTMAX_BLOCKS["B" if config.arch == "B_cap" else config.arch]
+        self.blocks = nn.ModuleList(block(config) for _ in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(n, eps=1e-5, bias=config.bias)
+        self.lm_head = nn.Linear(n, config.vocab_size, bias=False)
+        self.lm_head.weight = self.tok_emb.weight
+        self.reset_parameters(seed)
+
+    # --- initialisation -----------------------------------------------------------------------
+
+    def reset_parameters(self, seed: int = 0) -> None:
+        """Paired initialisation: N(0, 0.02) weights, zero biases, unit LayerNorm weights, scalars at
+        their documented starting values; each tensor from a generator seeded by (seed, name)."""
+        norms = {id(m.weight) for m in self.modules() if isinstance(m, nn.LayerNorm)}
+        with torch.no_grad():
+            for module in self.modules():
+                if isinstance(module, ConstrainedScalar):
+                    module.reset()
+            for name, param in self.named_parameters():
+                if name.endswith(".raw"):
+                    continue
+                if id(param) in norms:
+                    param.fill_(1.0)
+                elif name.endswith("bias"):
+                    param.zero_()
+                else:
+                    generator = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+                    values = torch.randn(param.shape, generator=generator, dtype=torch.float32) * INIT_STD
+                    param.copy_(values.to(param.dtype))
+
+    # --- forward --------------------------------------------------------------------------------
+
+    def embed(self, idx: Tensor, start: int = 0) -> tuple[Tensor, Tensor | None]:
+        """(x₀, v₀) for tokens ``idx`` at positions start, start+1, …"""
+        length = idx.shape[1]
+        if start + length > self.config.block_size:
+            raise ValueError(
+                f"sequence of length {start + length} exceeds block_size {self.config.block_size}"
+            )
+        pos = torch.arange(start, start + length, device=idx.device)
+        x = self.tok_emb(idx) + self.pos_emb(pos)
+        second = self.tok_v0(idx) + self.pos_v0(pos) if self.config.has_second_embedding else None
+        if self.config.arch == "B_cap":
+            return self.drop(x + second), None
+        if not self.config.has_velocity:
+            return self.drop(x), None
+        return self.drop(x), second if second is not None else torch.zeros_like(x)
+
+    def forward(self, idx: Tensor, targets: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """logits (B, T, vocab) and the mean cross-entropy against ``targets`` (−1 entries ignored)."""
+        for block in self.blocks:
+            block.attn.reset_counters()
+        x, v = self.embed(idx)
+        for block in self.blocks:
+            x, v = block(x, v)
+        logits = self.lm_head(self.ln_f(x))
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1)
+        return logits, loss
+
+    # --- reporting -------------------------------------------------------------------------------
+
+    def num_parameters(self) -> int:
+        """Distinct parameters (the tied LM head counted once)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def attention_calls(self) -> int:
+        """Attention evaluations (softmax distributions, the paper's oracle calls) in the last forward."""
+        return sum(block.attn.evaluations for block in self.blocks)
+
+    def kernel_calls(self) -> int:
+        """SDPA launches in the last forward (R2 re-aggregates with the same softmax: 2 per block)."""
+        return sum(block.attn.kernel_calls for block in self.blocks)
+
+    # --- persistence -----------------------------------------------------------------------------
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """config.json + model.safetensors (each written atomically)."""
+        from safetensors.torch import save_model
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".safetensors.tmp")
+        os.close(fd)
+        try:
+            save_model(
+                self, tmp, metadata={"format": "pt", "sympformer_config": json.dumps(self.config.to_dict())}
+            )
+            os.replace(tmp, directory / "model.safetensors")
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        atomic_write_text(directory / "config.json", self.config.to_json() + "\n")
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, map_location: str = "cpu") -> SympFormerLM:
+        from safetensors.torch import load_model
+
+        directory = Path(directory)
+        for name in ("config.json", "model.safetensors"):
+            if not (directory / name).is_file():
+                raise FileNotFoundError(f"{directory / name} is missing: not a saved sympformer model")
+        model = cls(SympFormerConfig.load(directory / "config.json"))
+        load_model(model, directory / "model.safetensors", device=map_location)
+        return model

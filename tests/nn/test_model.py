@@ -1,0 +1,219 @@
+"""Momentum blocks and the language model: parameter counts, causality, reductions between
+architectures, the fused connection against a per-row reference, persistence, precision."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sympformer.nn import (
+    ARCHS,
+    CausalSelfAttention,
+    MomentumBlock,
+    SympFormerConfig,
+    SympFormerLM,
+    connection_reference,
+)
+
+TINY = dict(vocab_size=37, n_layer=2, n_head=2, n_embd=16, block_size=24)
+
+
+def tiny_model(arch: str, seed: int = 0, dtype=torch.float64, **overrides) -> SympFormerLM:
+    model = SympFormerLM(SympFormerConfig(**{**TINY, **overrides, "arch": arch}), seed=seed).to(dtype)
+    # scalars away from their init so that every term matters
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(".raw"):
+                p.add_(0.3 * torch.sin(torch.tensor(float(len(name)))))
+    return model
+
+
+def tokens(batch=2, length=20, seed=0, vocab=37):
+    return torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize(
+    ("arch", "expected"),
+    [("B", 3_424_832), ("Y", 6_652_760), ("H0", 6_652_756), ("H1", 6_652_756), ("R2", 6_652_756)],
+)
+def test_parameter_counts_at_paper_primary_shape(arch, expected):
+    config = SympFormerConfig(vocab_size=50304, n_layer=4, n_head=4, n_embd=64, block_size=128, arch=arch)
+    assert SympFormerLM(config).num_parameters() == expected
+
+
+def test_learned_strength_adds_one_scalar_per_layer():
+    base = SympFormerLM(SympFormerConfig(**TINY, arch="R2")).num_parameters()
+    learned = SympFormerLM(
+        SympFormerConfig(**TINY, arch="R2", connection_strength="learned")
+    ).num_parameters()
+    assert learned - base == TINY["n_layer"]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_causality_suffix_perturbation(arch):
+    model = tiny_model(arch)
+    idx = tokens()
+    cut = 9
+    changed = idx.clone()
+    changed[:, cut + 1 :] = (changed[:, cut + 1 :] + 5) % TINY["vocab_size"]
+    with torch.no_grad():
+        a, _ = model(idx)
+        b, _ = model(changed)
+    assert (a[:, : cut + 1] - b[:, : cut + 1]).abs().max() <= 1e-10
+    assert (a[:, cut + 1 :] - b[:, cut + 1 :]).abs().max() > 1e-3  # the suffix did change something
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_one_attention_evaluation_per_layer(arch):
+    model = tiny_model(arch, dtype=torch.float32)
+    model(tokens())
+    assert model.attention_calls() == TINY["n_layer"]
+    assert model.kernel_calls() == TINY["n_layer"] * (2 if arch.startswith("R2") else 1)
+
+
+def zero_connection(monkeypatch):
+    monkeypatch.setattr(CausalSelfAttention, "_connection", lambda self, q, u, *rest: torch.zeros_like(u))
+
+
+def outputs_and_grads(model, idx):
+    model.zero_grad()
+    logits, loss = model(idx, idx)
+    loss.backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    return logits.detach(), grads
+
+
+@pytest.mark.parametrize(("corrected", "plain"), [("H1", "H0"), ("R2", "H0"), ("H1_LA", "Y"), ("R2_LA", "Y")])
+def test_zero_connection_reduces_to_the_uncorrected_block(monkeypatch, corrected, plain):
+    idx = tokens()
+    reference_logits, reference_grads = outputs_and_grads(tiny_model(plain), idx)
+    zero_connection(monkeypatch)
+    logits, grads = outputs_and_grads(tiny_model(corrected), idx)
+    torch.testing.assert_close(logits, reference_logits, rtol=0, atol=1e-12)
+    assert set(grads) >= set(reference_grads)
+    for name, grad in reference_grads.items():
+        torch.testing.assert_close(grads[name], grad, rtol=0, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize(("lookahead", "plain"), [("H1_LA", "H1"), ("R2_LA", "R2")])
+def test_zero_lookahead_reduces_to_the_plain_corrected_block(lookahead, plain):
+    idx = tokens()
+    model = tiny_model(lookahead)
+    with torch.no_grad():
+        for block in model.blocks:
+            block.mu1.raw.fill_(float("-inf"))  # sigmoid(−∞) = 0 exactly
+    torch.testing.assert_close(model(idx)[0], tiny_model(plain)(idx)[0], rtol=0, atol=1e-12)
+
+
+@pytest.fixture
+def attention():
+    torch.manual_seed(0)
+    attn = CausalSelfAttention(n_embd=8, n_head=2, bias=False, dropout=0.0).double()
+    z = torch.randn(2, 6, 8, dtype=torch.float64, requires_grad=True)
+    u = torch.randn(2, 6, 8, dtype=torch.float64, requires_grad=True)
+    return attn, z, u
+
+
+def test_fused_connection_equals_per_row_reference(attention):
+    attn, z, u = attention
+    f_ref, c_ref = connection_reference(attn, z, u)
+    f, c = attn.with_connection(z, u)
+    torch.testing.assert_close(f, f_ref, rtol=0, atol=1e-12)
+    torch.testing.assert_close(c, c_ref, rtol=0, atol=1e-12)
+    weights = torch.randn_like(c)
+    grads = torch.autograd.grad((c * weights).sum(), (z, u, attn.c_attn.weight, attn.c_proj.weight))
+    grads_ref = torch.autograd.grad((c_ref * weights).sum(), (z, u, attn.c_attn.weight, attn.c_proj.weight))
+    for g, g_ref in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(g, g_ref, rtol=0, atol=1e-10)
+
+
+def test_second_pass_connection_equals_reference(attention):
+    """R2's two-call path: u = direction(F) = 0.7 v + 1.3 F, checked against the reference at that u."""
+    attn, z, v = attention
+    f, u, c = attn.then_connection(z, lambda out: 0.7 * v + 1.3 * out)
+    f_ref, c_ref = connection_reference(attn, z, 0.7 * v + 1.3 * f.detach())
+    torch.testing.assert_close(f, f_ref, rtol=0, atol=1e-12)
+    torch.testing.assert_close(c, c_ref, rtol=0, atol=1e-12)
+
+
+def test_fused_connection_gradcheck():
+    torch.manual_seed(1)
+    attn = CausalSelfAttention(n_embd=4, n_head=2, bias=True, dropout=0.0).double()
+    z = torch.randn(1, 4, 4, dtype=torch.float64, requires_grad=True)
+    u = torch.randn(1, 4, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda z, u: attn.with_connection(z, u)[1], (z, u))
+    assert torch.autograd.gradcheck(lambda z, u: attn.then_connection(z, lambda f: u + f)[2], (z, u))
+
+
+@pytest.mark.parametrize("arch", [a for a in ARCHS if a not in ("B", "B_cap")])
+def test_velocity_enters_positions(arch):
+    model = tiny_model(arch)
+    block = model.blocks[0]
+    assert isinstance(block, MomentumBlock)
+    x, v = model.embed(tokens())
+    x_with, _ = block(x, v)
+    x_without, _ = block(x, torch.zeros_like(v))
+    assert (x_with - x_without).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_finite_in_float32_and_bf16_autocast(arch):
+    model = tiny_model(arch, dtype=torch.float32)
+    idx = tokens()
+    _, loss = model(idx, idx)
+    loss.backward()
+    assert torch.isfinite(loss) and all(
+        torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None
+    )
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, loss = model(idx, idx)
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(loss)
+    loss.backward()
+
+
+@pytest.mark.parametrize("arch", ["B", "Y", "R2"])
+def test_save_load_round_trip(tmp_path, arch):
+    model = tiny_model(arch, dtype=torch.float32)
+    model.save_pretrained(tmp_path / "m")
+    loaded = SympFormerLM.from_pretrained(tmp_path / "m")
+    assert loaded.config == model.config
+    idx = tokens()
+    assert torch.equal(model(idx)[0], loaded(idx)[0])
+    assert loaded.lm_head.weight is loaded.tok_emb.weight
+
+
+def test_paired_initialisation_shares_common_tensors():
+    models = {arch: SympFormerLM(SympFormerConfig(**TINY, arch=arch), seed=7) for arch in ARCHS}
+    shared = set.intersection(*(set(dict(m.named_parameters())) for m in models.values()))
+    assert "tok_emb.weight" in shared and "blocks.1.attn.c_attn.weight" in shared
+    reference = dict(models["B"].named_parameters())
+    for model in models.values():
+        params = dict(model.named_parameters())
+        for name in shared:
+            assert torch.equal(params[name], reference[name]), name
+    y, h0 = dict(models["Y"].named_parameters()), dict(models["H0"].named_parameters())
+    assert torch.equal(y["tok_v0.weight"], h0["tok_v0.weight"])
+    other_seed = SympFormerLM(SympFormerConfig(**TINY, arch="B"), seed=8)
+    assert not torch.equal(other_seed.tok_emb.weight, models["B"].tok_emb.weight)
+
+
+def test_zero_v0_mode_has_no_velocity_tables():
+    model = SympFormerLM(SympFormerConfig(**TINY, arch="H0", v0="zero"))
+    assert not hasattr(model, "tok_v0")
+    _, v = model.embed(tokens())
+    assert torch.equal(v, torch.zeros_like(v))
+
+
+def test_config_validation_and_json_round_trip():
+    config = SympFormerConfig(**TINY, arch="R2", connection_strength="learned")
+    assert SympFormerConfig.from_json(config.to_json()) == config
+    with pytest.raises(ValueError, match="unknown arch 'GPT'; valid: B, B_cap, Y, H0, H1, R2, H1_LA, R2_LA"):
+        SympFormerConfig(arch="GPT")
+    with pytest.raises(ValueError, match="unknown model config key.*n_layers.*valid keys: vocab_size"):
+        SympFormerConfig.from_dict({"n_layers": 3})
+    with pytest.raises(ValueError, match="divisible"):
+        SympFormerConfig(n_embd=10, n_head=3)
+    with pytest.raises(ValueError, match="v0"):
+        SympFormerConfig(v0="random")
+    with pytest.raises(ValueError, match="exceeds block_size"):
+        SympFormerLM(SympFormerConfig(**TINY))(tokens(length=30))
