@@ -1,0 +1,74 @@
+"""Training-step time of the softmax momentum blocks against B and H0, interleaved in one process.
+
+Shapes: the paper's primary shape (4L/4H/64d, context 128, vocabulary 50304, batch 8) and an
+attention-heavy shape (4L/4H/256d, context 1024, byte vocabulary, batch 2). Targets (DESIGN.md):
+H1 ≤ +15 % and R2 ≤ +25 % over H0; Y and H0 ≤ +10 % over B.
+
+    python benchmarks/blocks_step_time.py [--device cpu] [--rounds 5] [--repeats 2] [--shapes primary,heavy]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from sympformer.benchmarking import interleaved_times, markdown_table, median, write_section
+from sympformer.nn import SympFormerConfig, SympFormerLM
+
+SHAPES = {
+    "primary": (dict(vocab_size=50304, n_layer=4, n_head=4, n_embd=64, block_size=128), 8),
+    "heavy": (dict(vocab_size=256, n_layer=4, n_head=4, n_embd=256, block_size=1024), 2),
+}
+ARCHS = ("B", "Y", "H0", "H1", "R2")
+
+
+def train_step_fn(model, idx, optimizer, precision):
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(idx.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            _, loss = model(idx, idx)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def run(shape: str, device: str, rounds: int, repeats: int, precision: str, archs=ARCHS) -> str:
+    fields, batch = SHAPES[shape]
+    generator = torch.Generator().manual_seed(0)
+    idx = torch.randint(0, fields["vocab_size"], (batch, fields["block_size"]), generator=generator).to(device)
+    contenders = {}
+    for arch in archs:
+        model = SympFormerLM(SympFormerConfig(**fields, arch=arch)).to(device)
+        contenders[arch] = train_step_fn(model, idx, torch.optim.AdamW(model.parameters(), lr=1e-4), precision)
+    times = interleaved_times(contenders, rounds=rounds, repeats=repeats, device=device)
+    med = {arch: median(times[arch]) for arch in archs}
+    rows = [
+        [arch, f"{med[arch] * 1e3:.1f}", f"{batch * fields['block_size'] / med[arch]:,.0f}",
+         f"{med[arch] / med['B']:.3f}", f"{med[arch] / med['H0']:.3f}"]
+        for arch in archs
+    ]
+    header = ["arch", "ms / step (median)", "tokens / s", "× B", "× H0"]
+    return f"### shape `{shape}`: {fields}, batch {batch}, {precision}\n\n" + markdown_table(header, rows) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--shapes", default="primary,heavy")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
+    args = parser.parse_args()
+    body = "\n".join(run(s, args.device, args.rounds, args.repeats, args.precision) for s in args.shapes.split(","))
+    print(body)
+    key = f"blocks-step-time-{args.device.split(':')[0]}-{args.precision}"
+    write_section(args.results, key, f"Softmax blocks: training-step time ({args.device}, {args.precision})", body,
+                  args.device)
+
+
+if __name__ == "__main__":
+    main()

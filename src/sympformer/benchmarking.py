@@ -1,0 +1,87 @@
+"""Benchmark helpers: interleaved timing of several contenders in ONE process, machine description,
+and the writer of `benchmarks/RESULTS.md` sections (each section replaced in place, with the command,
+machine, torch version and date beside the figures)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+import re
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from sympformer import __version__
+
+
+def machine_description(device: str = "cpu") -> str:
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda})"
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {torch.get_num_threads()} threads"
+
+
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def interleaved_times(
+    contenders: dict[str, Callable[[], None]], rounds: int, repeats: int, device: str = "cpu", warmup: int = 1
+) -> dict[str, list[float]]:
+    """Seconds per call of each contender: ``rounds`` rounds, each contender ``repeats`` calls per
+    round, the order rotated every round so that drift in machine speed hits all alike."""
+    names = list(contenders)
+    for name in names:
+        for _ in range(warmup):
+            contenders[name]()
+    synchronize(device)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            synchronize(device)
+            start = time.perf_counter()
+            for _ in range(repeats):
+                contenders[name]()
+            synchronize(device)
+            times[name].append((time.perf_counter() - start) / repeats)
+    return times
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_section(path: str | Path, key: str, title: str, body: str, device: str = "cpu") -> None:
+    """Replace (or append) the section ``key`` of RESULTS.md with ``body`` and its provenance."""
+    path = Path(path)
+    text = path.read_text() if path.exists() else "# Benchmark results\n\nEach section is rewritten by its script.\n"
+    command = "python " + " ".join(sys.argv) if sys.argv and sys.argv[0] else "(interactive)"
+    section = (
+        f"<!-- section:{key} -->\n## {title}\n\n"
+        f"- command: `{command}`\n- machine: {machine_description(device)}\n"
+        f"- torch {torch.__version__}, sympformer {__version__}, date {_dt.date.today().isoformat()}\n\n"
+        f"{body.strip()}\n<!-- end:{key} -->\n"
+    )
+    pattern = re.compile(rf"<!-- section:{re.escape(key)} -->.*?<!-- end:{re.escape(key)} -->\n", re.S)
+    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
+    from sympformer.utils import atomic_write_text
+
+    atomic_write_text(path, text)
