@@ -46,8 +46,13 @@ def run(shape: str, device: str, rounds: int, repeats: int, precision: str, arch
     times = interleaved_times(contenders, rounds=rounds, repeats=repeats, device=device)
     med = {arch: median(times[arch]) for arch in archs}
     rows = [
-        [arch, f"{med[arch] * 1e3:.1f}", f"{batch * fields['block_size'] / med[arch]:,.0f}",
-         f"{med[arch] / med['B']:.3f}", f"{med[arch] / med['H0']:.3f}"]
+        [
+            arch,
+            f"{med[arch] * 1e3:.1f}",
+            f"{batch * fields['block_size'] / med[arch]:,.0f}",
+            f"{med[arch] / med['B']:.3f}",
+            f"{med[arch] / med['H0']:.3f}",
+        ]
         for arch in archs
     ]
     header = ["arch", "ms / step (median)", "tokens / s", "× B", "× H0"]
@@ -66,8 +71,13 @@ def main() -> None:
     body = "\n".join(run(s, args.device, args.rounds, args.repeats, args.precision) for s in args.shapes.split(","))
     print(body)
     key = f"blocks-step-time-{args.device.split(':')[0]}-{args.precision}"
-    write_section(args.results, key, f"Softmax blocks: training-step time ({args.device}, {args.precision})", body,
-                  args.device)
+    write_section(
+        args.results,
+        key,
+        f"Softmax blocks: training-step time ({args.device}, {args.precision})",
+        body,
+        args.device,
+    )
 
 
 if __name__ == "__main__":

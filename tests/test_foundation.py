@@ -14,9 +14,7 @@ from sympformer.utils import atomic_write_text, default_dtype, seed_everything
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "sympformer", *args], capture_output=True, text=True, timeout=120
-    )
+    return subprocess.run([sys.executable, "-m", "sympformer", *args], capture_output=True, text=True, timeout=120)
 
 
 def test_version_matches_package():
@@ -28,7 +26,7 @@ def test_version_matches_package():
 def test_help_lists_existing_subcommands():
     result = run_cli("--help")
     assert result.returncode == 0
-    for name in ("demo",):
+    for name in ("demo", "data"):
         assert name in result.stdout
 
 

@@ -10,9 +10,9 @@ import argparse
 import sys
 
 from sympformer import __version__
-from sympformer.commands import demo
+from sympformer.commands import data, demo
 
-SUBCOMMANDS = (demo,)
+SUBCOMMANDS = (demo, data)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -89,9 +89,7 @@ def test_empirical_order_matches_documented_order(softmax_problem, name):
     errors = []
     for steps in (base, 2 * base, 4 * base):
         run = integrate(scheme, system, x0, p0, graded_mesh(1.0, 2.0, steps), NESTEROV)
-        errors.append(
-            max((run.x[-1] - reference.x[-1]).abs().max(), (run.p[-1] - reference.p[-1]).abs().max()).item()
-        )
+        errors.append(max((run.x[-1] - reference.x[-1]).abs().max(), (run.p[-1] - reference.p[-1]).abs().max()).item())
     orders = observed_orders(errors)
     assert all(abs(order - scheme.order) <= 0.3 for order in orders), (errors, orders)
 
@@ -135,9 +133,7 @@ class ForceFree:
 
 
 @pytest.mark.parametrize("mode", ["log", "loglin", "linear", "constant"])
-@pytest.mark.parametrize(
-    "name", ["kick_drift", "exp_euler", "half_damped_euler", "strang_doubling", "etd_ab2"]
-)
+@pytest.mark.parametrize("name", ["kick_drift", "exp_euler", "half_damped_euler", "strang_doubling", "etd_ab2"])
 def test_friction_is_integrated_exactly(f64, mode, name):
     """Force-free motion: these schemes multiply P by exp(−(η(t+h) − η(t))) exactly, whatever h."""
     damping = Damping(mode, c_log=3.0, c_lin=0.7, alpha=0.9, t0=0.5)
@@ -208,9 +204,7 @@ def test_variable_step_ab2_is_exact_for_quadratic_motion(f64):
     # start after one exact step so that the Euler start does not matter
     x, p = torch.tensor([0.1**2 / 2]), torch.tensor([0.1])
     scheme = AdamsBashforth2()
-    memory = scheme.step(
-        ConstantForce(), torch.tensor([0.0]), torch.tensor([0.0]), 0.0, 0.1, NO_DAMPING
-    ).memory
+    memory = scheme.step(ConstantForce(), torch.tensor([0.0]), torch.tensor([0.0]), 0.0, 0.1, NO_DAMPING).memory
     memory = memory._replace(velocity=torch.tensor([0.0]))  # the exact rates at t = 0
     for t, t_next in zip(times[1:], times[2:], strict=False):
         x, p, memory = scheme.step(ConstantForce(), x, p, t, t_next - t, NO_DAMPING, memory)

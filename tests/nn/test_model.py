@@ -43,9 +43,7 @@ def test_parameter_counts_at_paper_primary_shape(arch, expected):
 
 def test_learned_strength_adds_one_scalar_per_layer():
     base = SympFormerLM(SympFormerConfig(**TINY, arch="R2")).num_parameters()
-    learned = SympFormerLM(
-        SympFormerConfig(**TINY, arch="R2", connection_strength="learned")
-    ).num_parameters()
+    learned = SympFormerLM(SympFormerConfig(**TINY, arch="R2", connection_strength="learned")).num_parameters()
     assert learned - base == TINY["n_layer"]
 
 
@@ -162,9 +160,7 @@ def test_finite_in_float32_and_bf16_autocast(arch):
     idx = tokens()
     _, loss = model(idx, idx)
     loss.backward()
-    assert torch.isfinite(loss) and all(
-        torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None
-    )
+    assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits, loss = model(idx, idx)
     assert logits.dtype == torch.bfloat16 and torch.isfinite(loss)

@@ -44,10 +44,7 @@ def test_accelerated_control_without_metric_is_damped_oscillator(f64, mu):
     )
     alpha = 2 * math.sqrt(mu)
     expected = torch.tensor(
-        [
-            [damped_oscillator(v, lam, alpha, 5.0) for v, lam in zip(row.tolist(), (mu, 1.0), strict=True)]
-            for row in x0
-        ]
+        [[damped_oscillator(v, lam, alpha, 5.0) for v, lam in zip(row.tolist(), (mu, 1.0), strict=True)] for row in x0]
     )
     torch.testing.assert_close(run.x[-1], expected, rtol=1e-8, atol=1e-10)
 

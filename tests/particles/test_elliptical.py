@@ -110,11 +110,7 @@ def test_samplers_recover_location_and_scatter(f64, radial):
     g = torch.Generator().manual_seed(10)
     mean = torch.tensor([1.0, -2.0])
     scatter = torch.tensor([[2.0, 0.6], [0.6, 1.0]])
-    law = (
-        (lambda n, gen: torch.rand(n, generator=gen, dtype=torch.float64) ** 0.5)
-        if radial == "custom"
-        else radial
-    )
+    law = (lambda n, gen: torch.rand(n, generator=gen, dtype=torch.float64) ** 0.5) if radial == "custom" else radial
     x = sample_elliptical(40000, mean, scatter, radial=law, nu=6.0, generator=g)
     torch.testing.assert_close(sample_mean(x), mean, rtol=0, atol=0.05)
     second_moment = {"gaussian": 2.0, "t": 2.0 * 6.0 / 4.0, "custom": 0.5}[radial]  # E[r²]

@@ -47,9 +47,7 @@ def test_linear_attention_is_the_stein_flow_of_the_potential(setup):
     system, x, _ = setup
     stein = stein_potential_flow(BilinearKernel(system.A), QuadraticPotential(-system.V))
     torch.testing.assert_close(system.classical(x), stein(x), rtol=0, atol=1e-13)
-    loops = torch.stack(
-        [sum((x[i] @ system.A @ x[j]) * system.V @ x[j] for j in range(N)) / N for i in range(N)]
-    )
+    loops = torch.stack([sum((x[i] @ system.A @ x[j]) * system.V @ x[j] for j in range(N)) / N for i in range(N)])
     torch.testing.assert_close(system.classical(x), loops, rtol=0, atol=1e-13)
 
 
@@ -93,9 +91,7 @@ def test_svgd_moves_particles_towards_the_gaussian_target(f64):
     """SVGD for a Gaussian target: the particle mean converges to the target mean (Pyro-style check)."""
     g = torch.Generator().manual_seed(6)
     x = 3 + torch.randn(60, 2, generator=g, dtype=torch.float64)
-    flow = svgd_flow(
-        RBFKernel(1.0), QuadraticPotential(torch.eye(2, dtype=torch.float64), center=[0.5, -0.5])
-    )
+    flow = svgd_flow(RBFKernel(1.0), QuadraticPotential(torch.eye(2, dtype=torch.float64), center=[0.5, -0.5]))
     for _ in range(800):
         x = x + 0.1 * flow(x)
     torch.testing.assert_close(x.mean(0), torch.tensor([0.5, -0.5], dtype=torch.float64), rtol=0, atol=0.05)

@@ -61,10 +61,7 @@ def test_classical_flow_is_metric_gradient_flow(setup, dense):
 def test_classical_flow_is_attention_with_value_matrix(setup):
     geometry, x, _ = setup
     expected = torch.stack(
-        [
-            sum(torch.softmax(x[i] @ geometry.A @ x.T, 0)[j] * geometry.V @ x[j] for j in range(N))
-            for i in range(N)
-        ]
+        [sum(torch.softmax(x[i] @ geometry.A @ x.T, 0)[j] * geometry.V @ x[j] for j in range(N)) for i in range(N)]
     )
     torch.testing.assert_close(ClassicalSoftmaxFlow(geometry)(x), expected, rtol=0, atol=1e-12)
 
@@ -101,9 +98,7 @@ def test_fast_path_equals_dense_reference_batched(f64):
     geometry = SoftmaxGeometry(random_symmetric(4, g, 0.5), random_spd(4, g))
     x = torch.randn(3, 50, 4, generator=g, dtype=torch.float64)
     y = torch.randn(3, 50, 4, generator=g, dtype=torch.float64)
-    torch.testing.assert_close(
-        geometry.log_partition(x), geometry.log_partition(x, dense=True), rtol=0, atol=1e-10
-    )
+    torch.testing.assert_close(geometry.log_partition(x), geometry.log_partition(x, dense=True), rtol=0, atol=1e-10)
     fast, dense = ClassicalSoftmaxFlow(geometry), ClassicalSoftmaxFlow(geometry, dense=True)
     torch.testing.assert_close(fast(x), dense(x), rtol=0, atol=1e-10)
     ev_fast = AcceleratedSoftmaxSystem(geometry)(x, y)
@@ -139,9 +134,7 @@ def test_energy_is_minus_half_sum_of_partitions(setup):
     geometry, x, _ = setup
     expected = kernel_sum_energy(geometry.A, x) / N
     torch.testing.assert_close(ClassicalSoftmaxFlow(geometry).energy(x), expected)
-    assert math.isclose(
-        ClassicalSoftmaxFlow(geometry, dense=True).energy(x).item(), expected.item(), rel_tol=1e-12
-    )
+    assert math.isclose(ClassicalSoftmaxFlow(geometry, dense=True).energy(x).item(), expected.item(), rel_tol=1e-12)
 
 
 @pytest.mark.parametrize(

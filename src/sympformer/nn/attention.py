@@ -148,9 +148,7 @@ def connection_reference(attn: CausalSelfAttention, z: Tensor, u: Tensor) -> tup
                 for j in range(i + 1):
                     y[b, r, i] += p[j] * w[b, r, j]
                     sw[b, r, i] += p[j] * s[b, j] * w[b, r, j]
-                    drift[b, i] += (
-                        p[j] * attn.scale * (dq[b, r, i] @ k[b, r, j] + q[b, r, i] @ dk[b, r, j]) / heads
-                    )
+                    drift[b, i] += p[j] * attn.scale * (dq[b, r, i] @ k[b, r, j] + q[b, r, i] @ dk[b, r, j]) / heads
     f_linear = attn.output_linear(y)
     connection = drift.unsqueeze(-1) * u - 0.5 * (s.unsqueeze(-1) * f_linear + attn.output_linear(sw))
     return attn.c_proj(attn.merge_heads(y)), connection

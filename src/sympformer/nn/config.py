@@ -78,8 +78,7 @@ class SympFormerConfig:
         unknown = sorted(set(values) - set(cls.field_names()))
         if unknown:
             raise ValueError(
-                f"unknown model config key(s) {', '.join(unknown)}; valid keys: "
-                f"{', '.join(cls.field_names())}"
+                f"unknown model config key(s) {', '.join(unknown)}; valid keys: {', '.join(cls.field_names())}"
             )
         return cls(**values)
 

@@ -76,9 +76,7 @@ class SympFormerLM(nn.Module):
         """(x₀, v₀) for tokens ``idx`` at positions start, start+1, …"""
         length = idx.shape[1]
         if start + length > self.config.block_size:
-            raise ValueError(
-                f"sequence of length {start + length} exceeds block_size {self.config.block_size}"
-            )
+            raise ValueError(f"sequence of length {start + length} exceeds block_size {self.config.block_size}")
         pos = torch.arange(start, start + length, device=idx.device)
         x = self.tok_emb(idx) + self.pos_emb(pos)
         second = self.tok_v0(idx) + self.pos_v0(pos) if self.config.has_second_embedding else None
@@ -126,9 +124,7 @@ class SympFormerLM(nn.Module):
         fd, tmp = tempfile.mkstemp(dir=directory, suffix=".safetensors.tmp")
         os.close(fd)
         try:
-            save_model(
-                self, tmp, metadata={"format": "pt", "sympformer_config": json.dumps(self.config.to_dict())}
-            )
+            save_model(self, tmp, metadata={"format": "pt", "sympformer_config": json.dumps(self.config.to_dict())})
             os.replace(tmp, directory / "model.safetensors")
         finally:
             if os.path.exists(tmp):

@@ -19,9 +19,7 @@ from torch import Tensor
 
 def _custom_radii(law, n: int, generator, dtype) -> Tensor:
     if not callable(law):
-        raise ValueError(
-            f"unknown radial law {law!r}; use 'gaussian', 't' or a function (n, generator) -> radii"
-        )
+        raise ValueError(f"unknown radial law {law!r}; use 'gaussian', 't' or a function (n, generator) -> radii")
     radii = torch.as_tensor(law(n, generator), dtype=dtype)
     if radii.shape != (n,) or bool((radii < 0).any()):
         raise ValueError("a radial law must return n non-negative radii")
@@ -73,9 +71,7 @@ def sample_scatter(x: Tensor, radial_second_moment: float | None = None) -> Tens
     return cov
 
 
-def tyler_scatter(
-    x: Tensor, center: Tensor | None = None, iterations: int = 200, tol: float = 1e-12
-) -> Tensor:
+def tyler_scatter(x: Tensor, center: Tensor | None = None, iterations: int = 200, tol: float = 1e-12) -> Tensor:
     """Tyler's M-estimator of the scatter shape (trace d), robust to the radial law (heavy tails)."""
     n, d = x.shape[-2:]
     u = x - (x.mean(-2) if center is None else center)

@@ -38,9 +38,7 @@ class LinearAttention:
         self.A = as_matrix("A", A)
         self.V = as_matrix("V", V, dtype=self.A.dtype)
         if self.A.shape != self.V.shape:
-            raise ValueError(
-                f"A and V must have the same shape, got {tuple(self.A.shape)} and {tuple(self.V.shape)}"
-            )
+            raise ValueError(f"A and V must have the same shape, got {tuple(self.A.shape)} and {tuple(self.V.shape)}")
         if symmetric:
             check_symmetric("A", self.A)
             check_symmetric("V", self.V)
@@ -114,9 +112,7 @@ class MomentLinearAttention(LinearAttention):
     @staticmethod
     def identity_representation(d: int, dtype=None, device=None) -> Tensor:
         """R such that Z₀ R = X₀: [I; 0]."""
-        return torch.cat(
-            [torch.eye(d, dtype=dtype, device=device), torch.zeros(1, d, dtype=dtype, device=device)]
-        )
+        return torch.cat([torch.eye(d, dtype=dtype, device=device), torch.zeros(1, d, dtype=dtype, device=device)])
 
     @staticmethod
     def affine_representation(L: Tensor, c: Tensor) -> Tensor:

@@ -47,9 +47,7 @@ class SoftmaxGeometry:
         self.A = as_matrix("A", A)
         self.B = as_matrix("B", B, dtype=self.A.dtype)
         if self.A.shape != self.B.shape:
-            raise ValueError(
-                f"A and B must have the same shape, got {tuple(self.A.shape)} and {tuple(self.B.shape)}"
-            )
+            raise ValueError(f"A and B must have the same shape, got {tuple(self.A.shape)} and {tuple(self.B.shape)}")
         check_symmetric("A", self.A)
         check_positive_definite("B", self.B)
         self.V = self.B @ self.A
@@ -139,9 +137,7 @@ class AcceleratedSoftmaxSystem:
         yBy = (y * By).sum(-1)
         s = yBy * torch.exp(-2 * log_z)
         # −∂(kinetic)/∂x_i = ½ z_i [ s_i Σ_j P_ij A x_j + Σ_j P_ij s_j A x_j ]
-        metric_force = 0.5 * (
-            (yBy.unsqueeze(-1) * inv_z) * (m @ g.A) + z * (g.weighted_average(x, s, x, P) @ g.A)
-        )
+        metric_force = 0.5 * ((yBy.unsqueeze(-1) * inv_z) * (m @ g.A) + z * (g.weighted_average(x, s, x, P) @ g.A))
         if self.potential is None:
             force = metric_force + z * (m @ g.A)  # −∇_{x_i} U = z_i Σ_j P_ij A x_j
         else:

@@ -25,9 +25,7 @@ def check_positive_definite(name: str, matrix: Tensor) -> None:
     check_symmetric(name, matrix)
     eigenvalues = torch.linalg.eigvalsh(matrix)
     if eigenvalues.min().item() <= 0:
-        raise ValueError(
-            f"{name} must be positive definite (smallest eigenvalue {eigenvalues.min().item():.3g})"
-        )
+        raise ValueError(f"{name} must be positive definite (smallest eigenvalue {eigenvalues.min().item():.3g})")
 
 
 def check_same_size(names: tuple[str, str], a: Tensor, b: Tensor) -> None:
