@@ -10,9 +10,9 @@ import argparse
 import sys
 
 from sympformer import __version__
-from sympformer.commands import data, demo
+from sympformer.commands import data, demo, sample, train
 
-SUBCOMMANDS = (demo, data)
+SUBCOMMANDS = (demo, data, train, sample)
 
 
 def build_parser() -> argparse.ArgumentParser:

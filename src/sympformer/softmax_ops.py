@@ -23,11 +23,19 @@ def _pad_width(t: Tensor, width: int) -> Tensor:
     return t if t.shape[-1] == width else F.pad(t, (0, width - t.shape[-1]))
 
 
-def softmax_average(q: Tensor, k: Tensor, v: Tensor, *, scale: float = 1.0, causal: bool = False) -> Tensor:
-    """Σ_j softmax_j(scale·q_i·k_j) v_j (j ≤ i when ``causal``), shapes (..., L, d), one SDPA call."""
+def softmax_average(
+    q: Tensor, k: Tensor, v: Tensor, *, scale: float = 1.0, causal: bool = False, mask: Tensor | None = None
+) -> Tensor:
+    """Σ_j softmax_j(scale·q_i·k_j) v_j (j ≤ i when ``causal``; j where ``mask`` is True when a boolean
+    mask is given), shapes (..., L, d), one SDPA call."""
     width = max(q.shape[-1], v.shape[-1])
     out = F.scaled_dot_product_attention(
-        _pad_width(q, width), _pad_width(k, width), _pad_width(v, width), scale=scale, is_causal=causal
+        _pad_width(q, width),
+        _pad_width(k, width),
+        _pad_width(v, width),
+        attn_mask=mask,
+        scale=scale,
+        is_causal=causal and mask is None,
     )
     return out[..., : v.shape[-1]]
 

@@ -16,7 +16,7 @@ import torch
 def seed_everything(seed: int) -> torch.Generator:
     """Seed python, numpy and torch (CPU and CUDA); return a fresh CPU generator seeded the same."""
     random.seed(seed)
-    np.random.seed(seed % 2**32)  # noqa: NPY002 (legacy global state is what third-party code reads)
+    np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
 

@@ -14,6 +14,10 @@ Every Σ_j P_ij (·)_j is the same softmax applied to other values, so when u is
 attention (H1) one SDPA call on the concatenated values [w, k, dk, s·w] gives F and C together; when
 u depends on F (R2: u = W = β v + g F) a second call on [dk, s·w] re-aggregates with the same softmax.
 :func:`connection_reference` is the per-row loop that materialises P (tests only).
+
+Generation cache: while ``self.cache`` is a dict, the keys and every value group ("slot") of the
+positions seen so far are kept, and new queries attend over them. The value groups of H1/R2 carry
+the velocity stream (dk = W_K u, s = ‖u‖² with u the velocity), so the cache carries it too.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
         self.dropout = dropout
         self.resid_dropout = nn.Dropout(dropout)
+        self.cache: dict[str, Tensor] | None = None
         self.reset_counters()
 
     def reset_counters(self) -> None:
@@ -60,9 +65,18 @@ class CausalSelfAttention(nn.Module):
         return t.transpose(1, 2).reshape(b, n, h * d)
 
     def project(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """q, k, w (values), each (B, H, T, d_h)."""
+        """q, k, w (values) of the new positions, each (B, H, T, d_h); with a cache, the keys are
+        appended to it (the scores use every cached key)."""
         q, k, w = self.c_attn(z).split(self.c_attn.out_features // 3, dim=-1)
-        return self.split_heads(q), self.split_heads(k), self.split_heads(w)
+        q, k, w = self.split_heads(q), self.split_heads(k), self.split_heads(w)
+        if self.cache is not None:
+            self._keys = self._extend("keys", k)
+        return q, k, w
+
+    def _extend(self, slot: str, new: Tensor) -> Tensor:
+        old = self.cache.get(slot)
+        self.cache[slot] = new if old is None else torch.cat([old, new], dim=-2)
+        return self.cache[slot]
 
     def directions(self, u: Tensor) -> tuple[Tensor, Tensor]:
         """dq = W_Q u and dk = W_K u (weights only: a directional derivative has no bias)."""
@@ -78,9 +92,14 @@ class CausalSelfAttention(nn.Module):
         """The attention output c_proj(merge(y)) with residual dropout."""
         return self.resid_dropout(self.c_proj(self.merge_heads(y)))
 
-    def aggregate(self, q: Tensor, k: Tensor, values: list[Tensor], new_softmax: bool = True) -> list[Tensor]:
-        """Σ_j P_ij v_j for every v in ``values`` from ONE SDPA call on their concatenation."""
+    def aggregate(
+        self, q: Tensor, k: Tensor, values: list[Tensor], new_softmax: bool = True, slot: str = "values"
+    ) -> list[Tensor]:
+        """Σ_j P_ij v_j for every v in ``values`` from ONE SDPA call on their concatenation (``slot``
+        names the value group in the generation cache)."""
         widths = [v.shape[-1] for v in values]
+        if self.cache is not None:
+            return self._aggregate_cached(q, torch.cat(values, -1), widths, new_softmax, slot)
         if self.training and self.dropout > 0:
             width = max(q.shape[-1], sum(widths))
             pad = lambda t: F.pad(t, (0, width - t.shape[-1]))
@@ -94,6 +113,18 @@ class CausalSelfAttention(nn.Module):
             )[..., : sum(widths)]
         else:
             out = softmax_average(q, k, torch.cat(values, -1), scale=self.scale, causal=True)
+        self.kernel_calls += 1
+        self.evaluations += int(new_softmax)
+        return list(out.split(widths, dim=-1))
+
+    def _aggregate_cached(self, q, values, widths, new_softmax, slot):
+        keys, values = self._keys, self._extend(slot, values)
+        new, total = q.shape[-2], keys.shape[-2]
+        mask = None
+        if new > 1:  # query i sits at absolute position total − new + i and sees keys up to it
+            rows = torch.arange(total - new, total, device=q.device).unsqueeze(-1)
+            mask = torch.arange(total, device=q.device) <= rows
+        out = softmax_average(q, keys, values, scale=self.scale, mask=mask)
         self.kernel_calls += 1
         self.evaluations += int(new_softmax)
         return list(out.split(widths, dim=-1))
@@ -127,7 +158,7 @@ class CausalSelfAttention(nn.Module):
         u = direction(out)
         dq, dk = self.directions(u)
         s = u.square().sum(-1)[:, None, :, None]
-        dk_avg, sw_avg = self.aggregate(q, k, [dk, s * w], new_softmax=False)
+        dk_avg, sw_avg = self.aggregate(q, k, [dk, s * w], new_softmax=False, slot="second")
         return out, u, self._connection(q, u, dq, k_avg, dk_avg, sw_avg, self.output_linear(y))
 
 

@@ -86,11 +86,12 @@ class SympFormerLM(nn.Module):
             return self.drop(x), None
         return self.drop(x), second if second is not None else torch.zeros_like(x)
 
-    def forward(self, idx: Tensor, targets: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
-        """logits (B, T, vocab) and the mean cross-entropy against ``targets`` (−1 entries ignored)."""
+    def forward(self, idx: Tensor, targets: Tensor | None = None, start: int = 0) -> tuple[Tensor, Tensor | None]:
+        """logits (B, T, vocab) and the mean cross-entropy against ``targets`` (−1 entries ignored).
+        ``start``: absolute position of idx[:, 0] (non-zero only while decoding with a cache)."""
         for block in self.blocks:
             block.attn.reset_counters()
-        x, v = self.embed(idx)
+        x, v = self.embed(idx, start)
         for block in self.blocks:
             x, v = block(x, v)
         logits = self.lm_head(self.ln_f(x))
@@ -98,6 +99,60 @@ class SympFormerLM(nn.Module):
         if targets is not None:
             loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1)
         return logits, loss
+
+    # --- generation ------------------------------------------------------------------------------
+
+    def _set_cache(self, enabled: bool) -> None:
+        for block in self.blocks:
+            block.attn.cache = {} if enabled else None
+
+    @staticmethod
+    def _sample(logits: Tensor, temperature: float, top_k: int | None, generator) -> Tensor:
+        if temperature == 0:
+            return logits.argmax(-1, keepdim=True)
+        logits = logits.float() / temperature
+        if top_k is not None:
+            kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[..., -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        return torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        idx: Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+        use_cache: bool = True,
+        return_logits: bool = False,
+    ):
+        """Append ``max_new_tokens`` sampled tokens to ``idx`` (B, T). The context is the last
+        block_size tokens. With ``use_cache`` each new token costs one position per layer: the cache
+        holds every layer's keys and value groups (velocity terms included); once the sequence is
+        longer than block_size the window slides and the cache is rebuilt from it, so the result is
+        that of generation without a cache. temperature 0 is greedy decoding."""
+        was_training = self.training
+        self.eval()
+        tokens, cached, all_logits = idx, None, []
+        block_size = self.config.block_size
+        try:
+            for _ in range(max_new_tokens):
+                if not use_cache:
+                    logits = self(tokens[:, -block_size:])[0][:, -1]
+                elif cached is None or tokens.shape[1] > block_size:
+                    self._set_cache(True)
+                    window = tokens[:, -block_size:]
+                    logits, cached = self(window)[0][:, -1], window.shape[1]
+                else:
+                    logits = self(tokens[:, cached:], start=cached)[0][:, -1]
+                    cached = tokens.shape[1]
+                all_logits.append(logits)
+                tokens = torch.cat([tokens, self._sample(logits, temperature, top_k, generator)], dim=1)
+        finally:
+            self._set_cache(False)
+            self.train(was_training)
+        return (tokens, all_logits) if return_logits else tokens
 
     # --- reporting -------------------------------------------------------------------------------
 
