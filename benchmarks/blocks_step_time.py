@@ -1,10 +1,11 @@
-"""Training-step time of the softmax momentum blocks against B and H0, interleaved in one process.
+"""Training-step time of the momentum blocks against their baseline and H0, interleaved in one process.
 
-Shapes: the paper's primary shape (4L/4H/64d, context 128, vocabulary 50304, batch 8) and an
-attention-heavy shape (4L/4H/256d, context 1024, byte vocabulary, batch 2). Targets (DESIGN.md):
-H1 ≤ +15 % and R2 ≤ +25 % over H0; Y and H0 ≤ +10 % over B.
+Shapes: the paper's primary shape (4L/4H/64d, context 128, vocabulary 50304, batch 8), an
+attention-heavy shape (4L/4H/256d, context 1024, byte vocabulary, batch 2), and the paper's linear
+shape (4L/4H/64d, context 512, vocabulary 50304, batch 4) for the *_L family. Targets (DESIGN.md):
+H1 ≤ +15 % and R2 ≤ +25 % over H0; Y and H0 ≤ +10 % over B; R2_L ≤ 1.5× H0_L.
 
-    python benchmarks/blocks_step_time.py [--device cpu] [--rounds 5] [--repeats 2] [--shapes primary,heavy]
+    python benchmarks/blocks_step_time.py [--device cpu] [--rounds 5] [--repeats 2] [--shapes primary,heavy,linear]
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ import torch
 from sympformer.benchmarking import interleaved_times, markdown_table, median, write_section
 from sympformer.nn import SympFormerConfig, SympFormerLM
 
-SHAPES = {
-    "primary": (dict(vocab_size=50304, n_layer=4, n_head=4, n_embd=64, block_size=128), 8),
-    "heavy": (dict(vocab_size=256, n_layer=4, n_head=4, n_embd=256, block_size=1024), 2),
+SOFTMAX = ("B", "Y", "H0", "H1", "R2")
+LINEAR = ("B_L", "Y_L", "H0_L", "H1_L", "R2_L")
+SHAPES = {  # name: (model fields, batch, architectures; the first is the baseline, the third H0)
+    "primary": (dict(vocab_size=50304, n_layer=4, n_head=4, n_embd=64, block_size=128), 8, SOFTMAX),
+    "heavy": (dict(vocab_size=256, n_layer=4, n_head=4, n_embd=256, block_size=1024), 2, SOFTMAX),
+    "linear": (dict(vocab_size=50304, n_layer=4, n_head=4, n_embd=64, block_size=512), 4, LINEAR),
 }
-ARCHS = ("B", "Y", "H0", "H1", "R2")
 
 
 def train_step_fn(model, idx, optimizer, precision):
@@ -35,8 +38,9 @@ def train_step_fn(model, idx, optimizer, precision):
     return step
 
 
-def run(shape: str, device: str, rounds: int, repeats: int, precision: str, archs=ARCHS) -> str:
-    fields, batch = SHAPES[shape]
+def run(shape: str, device: str, rounds: int, repeats: int, precision: str) -> str:
+    fields, batch, archs = SHAPES[shape]
+    base, h0 = archs[0], archs[2]
     generator = torch.Generator().manual_seed(0)
     idx = torch.randint(0, fields["vocab_size"], (batch, fields["block_size"]), generator=generator).to(device)
     contenders = {}
@@ -50,12 +54,12 @@ def run(shape: str, device: str, rounds: int, repeats: int, precision: str, arch
             arch,
             f"{med[arch] * 1e3:.1f}",
             f"{batch * fields['block_size'] / med[arch]:,.0f}",
-            f"{med[arch] / med['B']:.3f}",
-            f"{med[arch] / med['H0']:.3f}",
+            f"{med[arch] / med[base]:.3f}",
+            f"{med[arch] / med[h0]:.3f}",
         ]
         for arch in archs
     ]
-    header = ["arch", "ms / step (median)", "tokens / s", "× B", "× H0"]
+    header = ["arch", "ms / step (median)", "tokens / s", f"× {base}", f"× {h0}"]
     return f"### shape `{shape}`: {fields}, batch {batch}, {precision}\n\n" + markdown_table(header, rows) + "\n"
 
 
@@ -64,7 +68,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--shapes", default="primary,heavy")
+    parser.add_argument("--shapes", default="primary,heavy,linear")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
     args = parser.parse_args()
@@ -74,7 +78,7 @@ def main() -> None:
     write_section(
         args.results,
         key,
-        f"Softmax blocks: training-step time ({args.device}, {args.precision})",
+        f"Momentum blocks: training-step time ({args.device}, {args.precision})",
         body,
         args.device,
     )

@@ -10,6 +10,7 @@ from sympformer.nn import (
     ARCHS,
     CausalSelfAttention,
     MomentumBlock,
+    PrefixLinearAttention,
     SympFormerConfig,
     SympFormerLM,
     connection_reference,
@@ -66,11 +67,13 @@ def test_one_attention_evaluation_per_layer(arch):
     model = tiny_model(arch, dtype=torch.float32)
     model(tokens())
     assert model.attention_calls() == TINY["n_layer"]
-    assert model.kernel_calls() == TINY["n_layer"] * (2 if arch.startswith("R2") else 1)
+    connection_passes = 4 if arch in ("H1_L", "R2_L") else 1 if arch.startswith("R2") else 0
+    assert model.kernel_calls() == TINY["n_layer"] * (1 + connection_passes)
 
 
 def zero_connection(monkeypatch):
-    monkeypatch.setattr(CausalSelfAttention, "_connection", lambda self, q, u, *rest: torch.zeros_like(u))
+    for attention in (CausalSelfAttention, PrefixLinearAttention):
+        monkeypatch.setattr(attention, "_connection", lambda self, *args: torch.zeros_like(args[-1]))
 
 
 def outputs_and_grads(model, idx):
@@ -81,7 +84,10 @@ def outputs_and_grads(model, idx):
     return logits.detach(), grads
 
 
-@pytest.mark.parametrize(("corrected", "plain"), [("H1", "H0"), ("R2", "H0"), ("H1_LA", "Y"), ("R2_LA", "Y")])
+@pytest.mark.parametrize(
+    ("corrected", "plain"),
+    [("H1", "H0"), ("R2", "H0"), ("H1_LA", "Y"), ("R2_LA", "Y"), ("H1_L", "H0_L"), ("R2_L", "H0_L")],
+)
 def test_zero_connection_reduces_to_the_uncorrected_block(monkeypatch, corrected, plain):
     idx = tokens()
     reference_logits, reference_grads = outputs_and_grads(tiny_model(plain), idx)
@@ -143,7 +149,7 @@ def test_fused_connection_gradcheck():
     assert torch.autograd.gradcheck(lambda z, u: attn.then_connection(z, lambda f: u + f)[2], (z, u))
 
 
-@pytest.mark.parametrize("arch", [a for a in ARCHS if a not in ("B", "B_cap")])
+@pytest.mark.parametrize("arch", [a for a in ARCHS if a not in ("B", "B_cap", "B_L")])
 def test_velocity_enters_positions(arch):
     model = tiny_model(arch)
     block = model.blocks[0]
@@ -203,7 +209,7 @@ def test_zero_v0_mode_has_no_velocity_tables():
 def test_config_validation_and_json_round_trip():
     config = SympFormerConfig(**TINY, arch="R2", connection_strength="learned")
     assert SympFormerConfig.from_json(config.to_json()) == config
-    with pytest.raises(ValueError, match="unknown arch 'GPT'; valid: B, B_cap, Y, H0, H1, R2, H1_LA, R2_LA"):
+    with pytest.raises(ValueError, match="unknown arch 'GPT'; valid: B, B_cap, Y, H0, H1, R2, H1_LA, R2_LA, B_L, Y_L"):
         SympFormerConfig(arch="GPT")
     with pytest.raises(ValueError, match="unknown model config key.*n_layers.*valid keys: vocab_size"):
         SympFormerConfig.from_dict({"n_layers": 3})

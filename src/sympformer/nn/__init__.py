@@ -2,9 +2,10 @@
 `SympFormerLM` language model."""
 
 from sympformer.nn.attention import CausalSelfAttention, connection_reference
-from sympformer.nn.blocks import H0, H1, H1_LA, R2, R2_LA, SOFTMAX_BLOCKS, B, MomentumBlock, Y
-from sympformer.nn.config import ARCHS, SympFormerConfig
+from sympformer.nn.blocks import BLOCKS, H0, H1, H1_LA, R2, R2_LA, B, MomentumBlock, Y
+from sympformer.nn.config import ARCHS, LINEAR_ARCHS, SOFTMAX_ARCHS, SympFormerConfig
 from sympformer.nn.layers import MLP, ConstrainedScalar, LayerNorm
+from sympformer.nn.linear_attention import PrefixLinearAttention, linear_connection_reference
 from sympformer.nn.model import SympFormerLM
 
 __all__ = [
@@ -16,7 +17,11 @@ __all__ = [
     "MLP",
     "R2",
     "R2_LA",
-    "SOFTMAX_BLOCKS",
+    "BLOCKS",
+    "LINEAR_ARCHS",
+    "SOFTMAX_ARCHS",
+    "PrefixLinearAttention",
+    "linear_connection_reference",
     "ConstrainedScalar",
     "CausalSelfAttention",
     "LayerNorm",

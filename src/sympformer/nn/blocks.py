@@ -16,6 +16,14 @@ from torch import Tensor, nn
 
 from sympformer.nn.attention import CausalSelfAttention
 from sympformer.nn.layers import MLP, ConstrainedScalar, LayerNorm
+from sympformer.nn.linear_attention import PrefixLinearAttention
+
+
+def make_attention(config) -> nn.Module:
+    """Softmax attention, or the signed prefix-linear attention for the *_L architectures."""
+    if config.attention_kind == "linear":
+        return PrefixLinearAttention(config.n_embd, config.n_head, config.bias, config.dropout, config.linear_chunk)
+    return CausalSelfAttention(config.n_embd, config.n_head, config.bias, config.dropout)
 
 
 class B(nn.Module):
@@ -29,7 +37,7 @@ class B(nn.Module):
     def __init__(self, config) -> None:
         super().__init__()
         self.ln_a = LayerNorm(config.n_embd, config.bias)
-        self.attn = CausalSelfAttention(config.n_embd, config.n_head, config.bias, config.dropout)
+        self.attn = make_attention(config)
         self.ln_m = LayerNorm(config.n_embd, config.bias)
         self.mlp = MLP(config.n_embd, config.bias, config.dropout)
 
@@ -50,7 +58,7 @@ class MomentumBlock(nn.Module):
         n, bias = config.n_embd, config.bias
         self.gain_floor = config.gain_floor
         self.ln_a = LayerNorm(n, bias)
-        self.attn = CausalSelfAttention(n, config.n_head, bias, config.dropout)
+        self.attn = make_attention(config)
         self.ln_m = LayerNorm(n, bias)
         self.mlp = MLP(n, bias, config.dropout)
         self.ln_v = LayerNorm(n, bias)
@@ -154,7 +162,7 @@ class R2_LA(R2):
     lookahead = True
 
 
-SOFTMAX_BLOCKS: dict[str, type[nn.Module]] = {
+BLOCKS: dict[str, type[nn.Module]] = {
     "B": B,
     "Y": Y,
     "H0": H0,

@@ -7,11 +7,14 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from sympformer.nn.blocks import SOFTMAX_BLOCKS
+from sympformer.nn.blocks import BLOCKS
 
 # B_cap: the baseline with a second (token, position) embedding table added at the input, so that it
 # has the parameters of the momentum models (their v0 tables) without any momentum: the fair control.
-ARCHS: tuple[str, ...] = ("B", "B_cap", *[name for name in SOFTMAX_BLOCKS if name != "B"])
+# *_L: the same blocks on the signed prefix-linear attention (notes §3.4).
+SOFTMAX_ARCHS: tuple[str, ...] = ("B", "B_cap", *[name for name in BLOCKS if name != "B"])
+LINEAR_ARCHS: tuple[str, ...] = ("B_L", "Y_L", "H0_L", "H1_L", "R2_L")
+ARCHS: tuple[str, ...] = SOFTMAX_ARCHS + LINEAR_ARCHS
 V0_MODES = ("learned", "zero")
 STRENGTH_MODES = ("fixed", "learned")
 
@@ -25,10 +28,12 @@ def _choice(name: str, value, valid) -> None:
 class SympFormerConfig:
     """Model configuration.
 
-    arch: one of ARCHS (B, B_cap, Y, H0, H1, R2, H1_LA, R2_LA).
+    arch: one of ARCHS (B, B_cap, Y, H0, H1, R2, H1_LA, R2_LA; linear attention: B_L, Y_L, H0_L, H1_L, R2_L).
     v0: initial velocity of the momentum architectures: "learned" (tok_v0(idx) + pos_v0(pos)) or "zero".
     connection_strength: η of H1/R2: "fixed" (= 1) or "learned" (exp(raw) per layer, starts at 1).
     gain_floor: added to every softplus gain γ (v4: 1e-6).
+    linear_chunk: chunk length of the prefix-linear attention (a speed knob: results agree to rounding;
+        v4 used 512, 128 is faster on CPU).
     """
 
     vocab_size: int = 256
@@ -42,9 +47,10 @@ class SympFormerConfig:
     v0: str = "learned"
     connection_strength: str = "fixed"
     gain_floor: float = 1e-6
+    linear_chunk: int = 128
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "n_layer", "n_head", "n_embd", "block_size"):
+        for name in ("vocab_size", "n_layer", "n_head", "n_embd", "block_size", "linear_chunk"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -61,8 +67,19 @@ class SympFormerConfig:
         _choice("connection_strength", self.connection_strength, STRENGTH_MODES)
 
     @property
+    def attention_kind(self) -> str:
+        return "linear" if self.arch in LINEAR_ARCHS else "softmax"
+
+    @property
+    def block_name(self) -> str:
+        """The block class: B_cap uses B, the *_L architectures their softmax namesakes."""
+        if self.arch == "B_cap":
+            return "B"
+        return self.arch[: -len("_L")] if self.arch in LINEAR_ARCHS else self.arch
+
+    @property
     def has_velocity(self) -> bool:
-        return self.arch not in ("B", "B_cap")
+        return self.block_name != "B"
 
     @property
     def has_second_embedding(self) -> bool:

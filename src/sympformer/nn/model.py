@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sympformer.nn.blocks import SOFTMAX_BLOCKS
+from sympformer.nn.blocks import BLOCKS
 from sympformer.nn.config import SympFormerConfig
 from sympformer.nn.layers import ConstrainedScalar
 from sympformer.utils import atomic_write_text
@@ -41,7 +41,7 @@ class SympFormerLM(nn.Module):
             self.tok_v0 = nn.Embedding(config.vocab_size, n)
             self.pos_v0 = nn.Embedding(config.block_size, n)
         self.drop = nn.Dropout(config.dropout)
-        block = SOFTMAX_BLOCKS["B" if config.arch == "B_cap" else config.arch]
+        block = BLOCKS[config.block_name]
         self.blocks = nn.ModuleList(block(config) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(n, eps=1e-5, bias=config.bias)
         self.lm_head = nn.Linear(n, config.vocab_size, bias=False)

@@ -1,0 +1,205 @@
+r"""Signed causal prefix-linear attention and the ridge connection proxy of H1_L / R2_L (notes §3.4).
+
+Per head (head dimension r), with q, k = W_Q z / r^{1/4}, W_K z / r^{1/4}, w = W_V z and 1-based i:
+
+    F_i = W_O merge_h( (1/i) Σ_{j≤i} (q_i · k_j) w_j )          no softmax, no feature map
+
+computed by chunks: within a chunk the masked scores, across chunks the prefix state Σ k_j w_jᵀ
+(O(T·r²) work beside the chunk scores); streaming keeps the state and the count, one token at a time.
+
+Ridge connection proxy (λ = 1e-3). For the prefix up to i, Q, K ∈ R^{i×r}, a direction U ∈ R^{i×d}
+(v for H1_L, W for R2_L), dQ = U W_Qᵀ / r^{1/4}, dK = U W_Kᵀ / r^{1/4}, P_Q = (QᵀQ + λI)⁻¹,
+P_K = (KᵀK + λI)⁻¹, Inv = K P_K P_Q Qᵀ (the ridge pseudo-inverse of the score matrix Q Kᵀ) and
+dG = dQ Kᵀ + Q dKᵀ, the reference forms the i×i matrix
+
+    dense = −dG · Inv · U + (U Uᵀ) · Invᵀ · Q · W_K / r^{1/4},     C_i = mean_h (last row of dense).
+
+Its last row only needs prefix sums, so the fast path never forms an i×i (let alone T×T) matrix:
+    c_i  = G_KK dq_i + G_dKKᵀ q_i = Σ_{j≤i} k_j (k_j·dq_i + dk_j·q_i)      (one prefix-linear pass)
+    m_i  = Σ_{j≤i} (u_i · u_j) q_j                                       (one pass, shared by heads)
+    b_i  = P_Q P_K c_i,   y_i = P_K P_Q m_i                               (batched solves per position)
+    t1_i = −Σ_{j≤i} (b_i · q_j) u_j,   t2_i = W_Kᵀ G_QK y_i / r^{1/4},  G_QK y = Σ_{j≤i} q_j (k_j·y)
+    C_i  = mean_h (t1_i + t2_i)
+Only G_KK and G_QQ are formed at every position (r×r each), for the solves.
+with batched `torch.linalg.solve` for P_K and P_Q at every position (on CPU 4× faster than Cholesky
+solves with their backward for these 16×16 systems, and 2–4× faster than reusing one LU factorisation).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+RIDGE = 1e-3
+
+
+def prefix_linear(q: Tensor, k: Tensor, v: Tensor, chunk: int, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """out_i = q_i · (state + Σ_{j≤i} k_j v_jᵀ) for (B, H, T, ·) inputs, by chunks of ``chunk`` positions;
+    returns (out, final state)."""
+    b, h, t, dk = q.shape
+    pad = (-t) % chunk
+    if pad:
+        q, k, v = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v))
+    n = (t + pad) // chunk
+    qc, kc, vc = (x.reshape(b, h, n, chunk, x.shape[-1]) for x in (q, k, v))
+    intra = torch.tril(qc @ kc.mT) @ vc
+    chunk_states = kc.mT @ vc
+    prefix = torch.cumsum(chunk_states, dim=2) - chunk_states  # exclusive: the state before each chunk
+    if state is not None:
+        prefix = prefix + state.unsqueeze(2)
+    out = (intra + qc @ prefix).reshape(b, h, n * chunk, -1)[:, :, :t]
+    return out, prefix[:, :, -1] + chunk_states[:, :, -1]
+
+
+def prefix_gram(a: Tensor, b: Tensor, state: Tensor | None = None) -> Tensor:
+    """G_i = state + Σ_{j≤i} a_j b_jᵀ for every i: (B, H, T, da, db)."""
+    gram = torch.cumsum(a.unsqueeze(-1) * b.unsqueeze(-2), dim=2)
+    return gram if state is None else gram + state.unsqueeze(2)
+
+
+class PrefixLinearAttention(nn.Module):
+    """Drop-in for :class:`~sympformer.nn.attention.CausalSelfAttention` with the signed prefix-linear
+    attention: same parameters, same methods (forward, with_connection, then_connection), counters,
+    and a generation cache holding the prefix states instead of keys."""
+
+    def __init__(self, n_embd: int, n_head: int, bias: bool, dropout: float, chunk: int = 512) -> None:
+        super().__init__()
+        if n_embd % n_head:
+            raise ValueError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head})")
+        self.n_head, self.head_dim, self.chunk = n_head, n_embd // n_head, chunk
+        self.qk_scale = self.head_dim**-0.25
+        self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)
+        self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
+        self.resid_dropout = nn.Dropout(dropout)
+        self.cache: dict[str, Tensor] | None = None
+        self.reset_counters()
+
+    def reset_counters(self) -> None:
+        self.evaluations = 0
+        self.kernel_calls = 0
+
+    def split_heads(self, t: Tensor) -> Tensor:
+        b, n, c = t.shape
+        return t.view(b, n, self.n_head, c // self.n_head).transpose(1, 2)
+
+    @staticmethod
+    def merge_heads(t: Tensor) -> Tensor:
+        b, h, n, d = t.shape
+        return t.transpose(1, 2).reshape(b, n, h * d)
+
+    def _state(self, name: str) -> Tensor | None:
+        return None if self.cache is None else self.cache.get(name)
+
+    def _keep(self, name: str, value: Tensor) -> None:
+        if self.cache is not None:
+            self.cache[name] = value
+
+    def _positions(self, length: int, like: Tensor) -> Tensor:
+        """1-based absolute positions i of the new tokens, shaped to divide (B, H, T, ·)."""
+        start = 0 if self.cache is None else int(self.cache.get("count", 0))
+        return torch.arange(start + 1, start + length + 1, device=like.device, dtype=like.dtype)[:, None]
+
+    def project(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        q, k, w = self.c_attn(z).split(self.c_attn.out_features // 3, dim=-1)
+        return self.split_heads(q) * self.qk_scale, self.split_heads(k) * self.qk_scale, self.split_heads(w)
+
+    def directions(self, u: Tensor) -> tuple[Tensor, Tensor]:
+        n = self.c_attn.out_features // 3
+        weight = self.c_attn.weight
+        dq = self.split_heads(F.linear(u, weight[:n])) * self.qk_scale
+        dk = self.split_heads(F.linear(u, weight[n : 2 * n])) * self.qk_scale
+        return dq, dk
+
+    def _attend(self, q: Tensor, k: Tensor, w: Tensor) -> Tensor:
+        """(1/i) Σ_{j≤i} (q_i·k_j) w_j, continuing the cached prefix state."""
+        out, state = prefix_linear(q, k, w, self.chunk, self._state("kw"))
+        self._keep("kw", state)
+        self.evaluations += 1
+        self.kernel_calls += 1
+        return out / self._positions(q.shape[-2], out)
+
+    def output(self, y: Tensor) -> Tensor:
+        return self.resid_dropout(self.c_proj(self.merge_heads(y)))
+
+    def _finish(self, length: int) -> None:
+        if self.cache is not None:
+            self.cache["count"] = int(self.cache.get("count", 0)) + length
+
+    def forward(self, z: Tensor) -> Tensor:
+        q, k, w = self.project(z)
+        out = self.output(self._attend(q, k, w))
+        self._finish(z.shape[1])
+        return out
+
+    def _connection(self, q: Tensor, k: Tensor, u: Tensor) -> Tensor:
+        """C(z; u) by prefix-linear passes and per-position batched solves (module docstring)."""
+        dq, dk = self.directions(u)
+        heads, r = q.shape[1], q.shape[-1]
+        eye = torch.eye(r, dtype=q.dtype, device=q.device)
+        # the per-position ridge systems need the explicit prefix Grams of K and Q (one cumsum)
+        kq = torch.stack([k, q], 3)  # (B, H, T, 2, r)
+        grams = prefix_gram(kq, kq, self._state("grams"))
+        self._keep("grams", grams[:, :, -1])
+        g_kk, g_qq = grams[:, :, :, 0], grams[:, :, :, 1]
+
+        def prefix(name, query, key, value):
+            out, state = prefix_linear(query, key, value, self.chunk, self._state(name))
+            self._keep(name, state)
+            self.kernel_calls += 1
+            return out
+
+        # c_i = G_KK dq_i + G_dKKᵀ q_i = Σ_{j≤i} k_j (k_j·dq_i + dk_j·q_i): one pass, query [dq, q], key [k, dk]
+        c = prefix("c", torch.cat([dq, q], -1), torch.cat([k, dk], -1), k)
+        # m_i = Σ_{j≤i} (u_i·u_j) q_j: scores shared by the heads, one pass on the head-merged values
+        m = self.split_heads(prefix("m", u.unsqueeze(1), u.unsqueeze(1), self.merge_heads(q).unsqueeze(1)).squeeze(1))
+        # b_i = P_Q P_K c_i and P_K P_Q m_i: two batched solves on the stacked (G + λI) systems
+        gk, gq = g_kk + RIDGE * eye, g_qq + RIDGE * eye
+        first = torch.linalg.solve(torch.stack([gk, gq]), torch.stack([c, m]))  # P_K c, P_Q m
+        b, pkpq_m = torch.linalg.solve(torch.stack([gq, gk]), first).unbind(0)
+        # t2_i = W_Kᵀ G_QK P_K P_Q m_i / r^{1/4}, with G_QK y = Σ_{j≤i} q_j (k_j·y)
+        inner = prefix("qk", pkpq_m, k, q)
+        n = self.c_attn.out_features // 3
+        w_k = self.c_attn.weight[n : 2 * n].view(heads, r, -1)  # (H, r, d)
+        t2 = torch.einsum("bhtr,hrd->btd", inner, w_k) * (self.qk_scale / heads)
+        # mean_h t1_i = −Σ_{j≤i} (mean_h b_i^h·q_j^h) u_j: one pass on head-merged queries and keys
+        t1 = prefix("bq", self.merge_heads(b).unsqueeze(1), self.merge_heads(q).unsqueeze(1) / heads, u.unsqueeze(1))
+        return t2 - t1.squeeze(1)
+
+    def with_connection(self, z: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+        q, k, w = self.project(z)
+        out = self.output(self._attend(q, k, w))
+        connection = self._connection(q, k, u)
+        self._finish(z.shape[1])
+        return out, connection
+
+    def then_connection(self, z: Tensor, direction) -> tuple[Tensor, Tensor, Tensor]:
+        q, k, w = self.project(z)
+        out = self.output(self._attend(q, k, w))
+        u = direction(out)
+        connection = self._connection(q, k, u)
+        self._finish(z.shape[1])
+        return out, u, connection
+
+
+def linear_connection_reference(attn: PrefixLinearAttention, z: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+    """(F, C) by the dense per-prefix formulas of the module docstring (i×i matrices; tests only)."""
+    q, k, w = attn.project(z)
+    dq, dk = attn.directions(u)
+    batch, heads, length, r = q.shape
+    n = attn.c_attn.out_features // 3
+    w_k = attn.c_attn.weight[n : 2 * n].view(heads, r, -1)
+    eye = torch.eye(r, dtype=q.dtype)
+    y = torch.zeros_like(w)
+    connection = torch.zeros_like(u)
+    for bi in range(batch):
+        for h in range(heads):
+            for i in range(length):
+                Q, K, U = q[bi, h, : i + 1], k[bi, h, : i + 1], u[bi, : i + 1]
+                dQ, dK = dq[bi, h, : i + 1], dk[bi, h, : i + 1]
+                y[bi, h, i] = ((Q @ K.T)[-1] @ w[bi, h, : i + 1]) / (i + 1)
+                inv = K @ torch.linalg.inv(K.T @ K + RIDGE * eye) @ torch.linalg.inv(Q.T @ Q + RIDGE * eye) @ Q.T
+                dG = dQ @ K.T + Q @ dK.T
+                dense = -dG @ inv @ U + (U @ U.T) @ inv.T @ Q @ w_k[h] * attn.qk_scale
+                connection[bi, i] += dense[-1] / heads
+    return attn.c_proj(attn.merge_heads(y)), connection

@@ -1,0 +1,90 @@
+"""Signed prefix-linear attention and its ridge connection: chunked = dense = streaming (float64),
+gradients, and the 1/i normalisation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sympformer.nn import PrefixLinearAttention, SympFormerConfig, SympFormerLM, linear_connection_reference
+from sympformer.nn.linear_attention import prefix_linear
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 5, 7, 16])
+def test_chunked_prefix_linear_equals_dense(chunk):
+    g = torch.Generator().manual_seed(0)
+    q, k = (torch.randn(2, 3, 7, 4, generator=g, dtype=torch.float64) for _ in range(2))
+    v = torch.randn(2, 3, 7, 5, generator=g, dtype=torch.float64)
+    state = torch.randn(2, 3, 4, 5, generator=g, dtype=torch.float64)
+    out, final = prefix_linear(q, k, v, chunk, state)
+    dense = torch.tril(q @ k.mT) @ v + q @ state
+    torch.testing.assert_close(out, dense, rtol=0, atol=1e-12)
+    torch.testing.assert_close(final, state + k.mT @ v, rtol=0, atol=1e-12)
+
+
+def make_attention(chunk: int, bias: bool = False) -> PrefixLinearAttention:
+    torch.manual_seed(1)
+    return PrefixLinearAttention(12, 3, bias=bias, dropout=0.0, chunk=chunk).double()
+
+
+def inputs(length=9, batch=2, width=12, seed=2):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(batch, length, width, generator=g, dtype=torch.float64) for _ in range(2))
+
+
+@pytest.mark.parametrize("chunk", [2, 4, 9, 32])
+def test_fused_connection_equals_dense_reference(chunk):
+    attn = make_attention(chunk)
+    z, u = inputs()
+    z.requires_grad_(True)
+    u.requires_grad_(True)
+    f, c = attn.with_connection(z, u)
+    f_ref, c_ref = linear_connection_reference(attn, z, u)
+    scale = c_ref.abs().max()
+    torch.testing.assert_close(f, f_ref, rtol=0, atol=1e-12)
+    assert (c - c_ref).abs().max() / scale <= 1e-10
+    weights = torch.randn_like(c)
+    grads = torch.autograd.grad((c * weights).sum(), (z, u, attn.c_attn.weight))
+    grads_ref = torch.autograd.grad((c_ref * weights).sum(), (z, u, attn.c_attn.weight))
+    for g, g_ref in zip(grads, grads_ref, strict=True):
+        assert (g - g_ref).abs().max() / g_ref.abs().max() <= 1e-9
+
+
+def test_streaming_equals_parallel():
+    attn = make_attention(4)
+    z, u = inputs()
+    f_par, c_par = attn.with_connection(z, u)
+    attn.cache = {}
+    pieces = [attn.with_connection(z[:, :3], u[:, :3])]  # a prompt, then one token at a time
+    pieces += [attn.with_connection(z[:, i : i + 1], u[:, i : i + 1]) for i in range(3, z.shape[1])]
+    attn.cache = None
+    f_stream = torch.cat([p[0] for p in pieces], 1)
+    c_stream = torch.cat([p[1] for p in pieces], 1)
+    torch.testing.assert_close(f_stream, f_par, rtol=0, atol=1e-12)
+    assert (c_stream - c_par).abs().max() / c_par.abs().max() <= 1e-10
+
+
+def test_gradcheck_tiny():
+    torch.manual_seed(3)
+    attn = PrefixLinearAttention(4, 2, bias=True, dropout=0.0, chunk=2).double()
+    z = torch.randn(1, 3, 4, dtype=torch.float64, requires_grad=True)
+    u = torch.randn(1, 3, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda z, u: attn.with_connection(z, u), (z, u))
+    assert torch.autograd.gradcheck(lambda z, u: attn.then_connection(z, lambda f: u + f)[2], (z, u))
+
+
+def test_output_is_normalised_by_the_prefix_count():
+    """Truncation: a prefix run alone equals the prefix of the full run (1/i, never 1/T)."""
+    config = SympFormerConfig(vocab_size=20, n_layer=2, n_head=2, n_embd=8, block_size=16, arch="R2_L", linear_chunk=3)
+    model = SympFormerLM(config, seed=0).double()
+    idx = torch.randint(0, 20, (2, 16), generator=torch.Generator().manual_seed(0))
+    full = model(idx)[0]
+    torch.testing.assert_close(model(idx[:, :7])[0], full[:, :7], rtol=0, atol=1e-10)
+
+
+def test_linear_architectures_have_the_softmax_parameter_counts():
+    shape = dict(vocab_size=50304, n_layer=4, n_head=4, n_embd=64, block_size=512)
+    for arch in ("B", "H0", "R2"):
+        softmax = SympFormerLM(SympFormerConfig(**shape, arch=arch)).num_parameters()
+        linear = SympFormerLM(SympFormerConfig(**shape, arch=f"{arch}_L")).num_parameters()
+        assert softmax == linear
