@@ -2,8 +2,9 @@
 
 Shapes: the paper's primary shape (4L/4H/64d, context 128, vocabulary 50304, batch 8), an
 attention-heavy shape (4L/4H/256d, context 1024, byte vocabulary, batch 2), and the paper's linear
-shape (4L/4H/64d, context 512, vocabulary 50304, batch 4) for the *_L family. Targets (DESIGN.md):
-H1 ≤ +15 % and R2 ≤ +25 % over H0; Y and H0 ≤ +10 % over B; R2_L ≤ 1.5× H0_L.
+shape (4L/4H/64d, context 512, vocabulary 50304, batch 4) for the *_L family, and the v1 shape
+(4L/4H/128d, context 512, bytes, batch 4) for the v1 schemes. Targets (DESIGN.md): H1 ≤ +15 % and
+R2 ≤ +25 % over H0; Y and H0 ≤ +10 % over B; R2_L ≤ 1.5× H0_L; one-call v1 schemes ≤ 1.2× B.
 
     python benchmarks/blocks_step_time.py [--device cpu] [--rounds 5] [--repeats 2] [--shapes primary,heavy,linear]
 """
@@ -20,10 +21,12 @@ from sympformer.nn import SympFormerConfig, SympFormerLM
 
 SOFTMAX = ("B", "Y", "H0", "H1", "R2")
 LINEAR = ("B_L", "Y_L", "H0_L", "H1_L", "R2_L")
-SHAPES = {  # name: (model fields, batch, architectures; the first is the baseline, the third H0)
-    "primary": (dict(vocab_size=50304, n_layer=4, n_head=4, n_embd=64, block_size=128), 8, SOFTMAX),
-    "heavy": (dict(vocab_size=256, n_layer=4, n_head=4, n_embd=256, block_size=1024), 2, SOFTMAX),
-    "linear": (dict(vocab_size=50304, n_layer=4, n_head=4, n_embd=64, block_size=512), 4, LINEAR),
+V1 = ("B", "v1_fe", "v1_pe", "v1_exp_pe", "v1_halfdamp_pe", "v1_ab2", "v1_etd_ab2")
+SHAPES = {  # name: (model fields, batch, architectures, reference); the first architecture is the baseline
+    "primary": (dict(vocab_size=50304, n_layer=4, n_head=4, n_embd=64, block_size=128), 8, SOFTMAX, "H0"),
+    "heavy": (dict(vocab_size=256, n_layer=4, n_head=4, n_embd=256, block_size=1024), 2, SOFTMAX, "H0"),
+    "linear": (dict(vocab_size=50304, n_layer=4, n_head=4, n_embd=64, block_size=512), 4, LINEAR, "H0_L"),
+    "v1": (dict(vocab_size=256, n_layer=4, n_head=4, n_embd=128, block_size=512), 4, V1, "v1_pe"),
 }
 
 
@@ -39,8 +42,8 @@ def train_step_fn(model, idx, optimizer, precision):
 
 
 def run(shape: str, device: str, rounds: int, repeats: int, precision: str) -> str:
-    fields, batch, archs = SHAPES[shape]
-    base, h0 = archs[0], archs[2]
+    fields, batch, archs, h0 = SHAPES[shape]
+    base = archs[0]
     generator = torch.Generator().manual_seed(0)
     idx = torch.randint(0, fields["vocab_size"], (batch, fields["block_size"]), generator=generator).to(device)
     contenders = {}
@@ -68,20 +71,16 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--shapes", default="primary,heavy,linear")
+    parser.add_argument("--shapes", default="primary,heavy,linear,v1")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
     args = parser.parse_args()
-    body = "\n".join(run(s, args.device, args.rounds, args.repeats, args.precision) for s in args.shapes.split(","))
-    print(body)
-    key = f"blocks-step-time-{args.device.split(':')[0]}-{args.precision}"
-    write_section(
-        args.results,
-        key,
-        f"Momentum blocks: training-step time ({args.device}, {args.precision})",
-        body,
-        args.device,
-    )
+    for shape in args.shapes.split(","):
+        body = run(shape, args.device, args.rounds, args.repeats, args.precision)
+        print(body)
+        device = args.device.split(":")[0]
+        title = f"Momentum blocks: training-step time, shape `{shape}` ({args.device}, {args.precision})"
+        write_section(args.results, f"blocks-{shape}-{device}-{args.precision}", title, body, args.device)
 
 
 if __name__ == "__main__":

@@ -40,30 +40,63 @@ def softmax_average(
     return out[..., : v.shape[-1]]
 
 
-def softmax_log_normaliser(
-    q: Tensor, k: Tensor, *, scale: float = 1.0, causal: bool = False, expected_score: Tensor | None = None
-) -> Tensor:
-    r"""L_i = log Σ_j exp(scale·q_i·k_j) (j ≤ i when ``causal``) by the sentinel-key method.
-
-    ``expected_score`` (E_P[scale·q_i·k_j], shape (..., L)) may be passed when the caller already has
-    Σ_j P_ij k_j; otherwise one extra SDPA call computes it. Differentiable in q and k.
-    """
-    if expected_score is None:
-        expected_score = scale * (q * softmax_average(q, k, k, scale=scale, causal=causal)).sum(-1)
-    centre = expected_score.detach()
+def softmax_average_with_normaliser(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    centre: Tensor,
+    *,
+    scale: float = 1.0,
+    causal: bool = False,
+    mask: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    r"""(Σ_j P_ij v_j, L_i) from ONE SDPA call: the keys plus a sentinel whose score for query i is
+    ``centre`` (..., Lq) and whose one-hot value returns π_i = e^{c_i} / (e^{c_i} + e^{L_i}).
+    Then L_i = c_i + log(1 − π_i) − log π_i, and the real keys' weights are P_ij (1 − π_i), so
+    Σ_j P_ij v_j = out_i / (1 − π_i). Exact for any centre that keeps π_i away from 0 and 1 in the
+    working precision (|c_i − L_i| ≲ 80 in float32, ≲ 700 in float64). ``v`` may have width 0."""
+    centre = centre.detach()
     batch = q.shape[:-2]
-    n_keys = k.shape[-2]
+    n_keys, width = k.shape[-2], v.shape[-1]
     q_aug = torch.cat([q, (centre / scale).unsqueeze(-1)], dim=-1)
     k_aug = torch.cat([k, k.new_zeros(*batch, n_keys, 1)], dim=-1)
-    sentinel = k.new_zeros(*batch, 1, k.shape[-1] + 1)
-    sentinel[..., -1] = 1.0
-    hit = k.new_ones(*batch, 1, 1)
-    miss = k.new_zeros(*batch, n_keys, 1)
-    if causal:  # the sentinel goes first, with a dummy query in front so that query i sees it and keys ≤ i
+    sentinel_key = k.new_zeros(*batch, 1, k.shape[-1] + 1)
+    sentinel_key[..., -1] = 1.0
+    sentinel_value = v.new_zeros(*batch, 1, width + 1)
+    sentinel_value[..., -1] = 1.0
+    keys = torch.cat([sentinel_key, k_aug], dim=-2)
+    values = torch.cat([sentinel_value, torch.cat([v, v.new_zeros(*batch, n_keys, 1)], dim=-1)], dim=-2)
+    if mask is not None:  # the sentinel (first key) is visible to every query
+        visible = torch.cat([mask.new_ones(*mask.shape[:-1], 1), mask], dim=-1)
+        out = softmax_average(q_aug, keys, values, scale=scale, mask=visible)
+    elif causal:  # a dummy query in front, so that query i sees the sentinel and the keys ≤ i
         queries = torch.cat([q_aug.new_zeros(*batch, 1, q_aug.shape[-1]), q_aug], dim=-2)
-        keys, values = torch.cat([sentinel, k_aug], dim=-2), torch.cat([hit, miss], dim=-2)
-        pi = softmax_average(queries, keys, values, scale=scale, causal=True)[..., 1:, 0]
+        out = softmax_average(queries, keys, values, scale=scale, causal=True)[..., 1:, :]
     else:
-        keys, values = torch.cat([k_aug, sentinel], dim=-2), torch.cat([miss, hit], dim=-2)
-        pi = softmax_average(q_aug, keys, values, scale=scale)[..., 0]
-    return centre + torch.log1p(-pi) - torch.log(pi)
+        out = softmax_average(q_aug, keys, values, scale=scale)
+    pi = out[..., -1]
+    average = out[..., :width] / (1 - pi).unsqueeze(-1)
+    return average, centre + torch.log1p(-pi) - torch.log(pi)
+
+
+def softmax_log_normaliser(
+    q: Tensor,
+    k: Tensor,
+    *,
+    scale: float = 1.0,
+    causal: bool = False,
+    expected_score: Tensor | None = None,
+    mask: Tensor | None = None,
+) -> Tensor:
+    r"""L_i = log Σ_j exp(scale·q_i·k_j) over the keys j that query i sees (j ≤ i when ``causal``; where
+    the boolean ``mask`` (Lq, Lk) is True when given), by the sentinel method centred on the expected
+    score E_P[s_i] (entropy bound: L_i − log n ≤ E_P[s_i] ≤ L_i, so π_i ∈ [1/(1+n), 1/2] at any scale).
+
+    ``expected_score`` (shape (..., Lq)) may be passed when the caller already has Σ_j P_ij k_j;
+    otherwise one extra SDPA call computes it. Differentiable in q and k.
+    """
+    if expected_score is None:
+        average = softmax_average(q, k, k, scale=scale, causal=causal, mask=mask)
+        expected_score = scale * (q * average).sum(-1)
+    empty = k.new_zeros(*k.shape[:-1], 0)
+    return softmax_average_with_normaliser(q, k, empty, expected_score, scale=scale, causal=causal, mask=mask)[1]

@@ -8,6 +8,7 @@ import torch
 
 from sympformer.nn import (
     ARCHS,
+    CAUSAL_ARCHS,
     CausalSelfAttention,
     MomentumBlock,
     PrefixLinearAttention,
@@ -48,7 +49,7 @@ def test_learned_strength_adds_one_scalar_per_layer():
     assert learned - base == TINY["n_layer"]
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", CAUSAL_ARCHS)
 def test_causality_suffix_perturbation(arch):
     model = tiny_model(arch)
     idx = tokens()
@@ -67,8 +68,9 @@ def test_one_attention_evaluation_per_layer(arch):
     model = tiny_model(arch, dtype=torch.float32)
     model(tokens())
     assert model.attention_calls() == TINY["n_layer"]
-    connection_passes = 4 if arch in ("H1_L", "R2_L") else 1 if arch.startswith("R2") else 0
-    assert model.kernel_calls() == TINY["n_layer"] * (1 + connection_passes)
+    if not arch.startswith("v1_"):
+        connection_passes = 4 if arch in ("H1_L", "R2_L") else 1 if arch.startswith("R2") else 0
+        assert model.kernel_calls() == TINY["n_layer"] * (1 + connection_passes)
 
 
 def zero_connection(monkeypatch):
@@ -149,7 +151,7 @@ def test_fused_connection_gradcheck():
     assert torch.autograd.gradcheck(lambda z, u: attn.then_connection(z, lambda f: u + f)[2], (z, u))
 
 
-@pytest.mark.parametrize("arch", [a for a in ARCHS if a not in ("B", "B_cap", "B_L")])
+@pytest.mark.parametrize("arch", [a for a in ARCHS if a not in ("B", "B_cap", "B_L") and not a.startswith("v1_")])
 def test_velocity_enters_positions(arch):
     model = tiny_model(arch)
     block = model.blocks[0]
@@ -185,7 +187,7 @@ def test_save_load_round_trip(tmp_path, arch):
 
 
 def test_paired_initialisation_shares_common_tensors():
-    models = {arch: SympFormerLM(SympFormerConfig(**TINY, arch=arch), seed=7) for arch in ARCHS}
+    models = {arch: SympFormerLM(SympFormerConfig(**TINY, arch=arch), seed=7) for arch in ARCHS if "v1_" not in arch}
     shared = set.intersection(*(set(dict(m.named_parameters())) for m in models.values()))
     assert "tok_emb.weight" in shared and "blocks.1.attn.c_attn.weight" in shared
     reference = dict(models["B"].named_parameters())

@@ -23,13 +23,21 @@ exit codes: 0 done, 2 bad configuration or data, 3 training diverged (NaN/Inf; t
 
 def run(args: argparse.Namespace) -> int:
     from sympformer.data import CorpusError, DataError, TokenizerError
-    from sympformer.train import ConfigError, RunFolderError, TrainingDiverged, load, train
+    from sympformer.train import ConfigError, NonCausalArchitecture, RunFolderError, TrainingDiverged, load, train
 
     try:
         config = load(args.config, args.set)
         out = Path(args.out or f"runs/{config.model.arch.lower()}-seed{config.train.seed}")
-        summary = train(config, out, resume=args.resume, progress=not args.quiet)
-    except (ConfigError, DataError, CorpusError, TokenizerError, RunFolderError, FileNotFoundError) as exc:
+        summary = train(config, out, resume=args.resume, progress=not args.quiet, allow_noncausal=args.allow_noncausal)
+    except (
+        ConfigError,
+        DataError,
+        CorpusError,
+        TokenizerError,
+        RunFolderError,
+        NonCausalArchitecture,
+        FileNotFoundError,
+    ) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except TrainingDiverged as exc:
@@ -62,4 +70,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", help="run folder (default: runs/<arch>-seed<seed>)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--allow-noncausal",
+        action="store_true",
+        help="train a research architecture that fails the causality audit (v1_global_euler)",
+    )
     parser.set_defaults(handler=run)

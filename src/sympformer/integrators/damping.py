@@ -51,6 +51,15 @@ class Damping:
         if self.eta_clip is not None and not self.eta_clip > 0:
             raise ValueError(f"eta_clip must be positive or None (got {self.eta_clip})")
 
+    def _time(self, t) -> Tensor:
+        """t as a tensor of the coefficients' dtype (learned float64 coefficients keep float64 times)."""
+        if isinstance(t, Tensor):
+            return t
+        for coefficient in (self.c_log, self.c_lin, self.alpha):
+            if isinstance(coefficient, Tensor) and coefficient.is_floating_point():
+                return torch.tensor(float(t), dtype=coefficient.dtype, device=coefficient.device)
+        return _tensor(t)
+
     def _raw_eta(self, t: Tensor) -> Tensor:
         zero = torch.zeros_like(t)
         if self.mode == "none":
@@ -68,14 +77,14 @@ class Damping:
 
     def eta(self, t: float | Tensor) -> Tensor:
         """η(t) = ∫_{t0}^{t} α(s) ds, clamped to ±eta_clip when a clip is set."""
-        eta = self._raw_eta(_tensor(t))
+        eta = self._raw_eta(self._time(t))
         if self.eta_clip is not None:
             eta = eta.clamp(-self.eta_clip, self.eta_clip)
         return eta
 
     def alpha_at(self, t: float | Tensor) -> Tensor:
         """α(t) = dη/dt (zero where the clip is active)."""
-        t = _tensor(t)
+        t = self._time(t)
         alpha = torch.zeros_like(t)
         if self.mode == "constant":
             alpha = alpha + _tensor(self.alpha, t)
@@ -89,7 +98,7 @@ class Damping:
 
     def delta_eta(self, t: float | Tensor, h: float | Tensor) -> Tensor:
         """η(t + h) − η(t); h may be a tensor that keeps its gradient (learned step sizes)."""
-        t = _tensor(t)
+        t = self._time(t)
         return self.eta(t + h) - self.eta(t)
 
     def factor(self, t: float | Tensor, h: float | Tensor) -> Tensor:

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sympformer.softmax_ops import softmax_average
+from sympformer.softmax_ops import softmax_average, softmax_average_with_normaliser, softmax_log_normaliser
 
 
 class CausalSelfAttention(nn.Module):
@@ -69,8 +69,7 @@ class CausalSelfAttention(nn.Module):
         appended to it (the scores use every cached key)."""
         q, k, w = self.c_attn(z).split(self.c_attn.out_features // 3, dim=-1)
         q, k, w = self.split_heads(q), self.split_heads(k), self.split_heads(w)
-        if self.cache is not None:
-            self._keys = self._extend("keys", k)
+        self._keys = k if self.cache is None else self._extend("keys", k)
         return q, k, w
 
     def _extend(self, slot: str, new: Tensor) -> Tensor:
@@ -117,14 +116,49 @@ class CausalSelfAttention(nn.Module):
         self.evaluations += int(new_softmax)
         return list(out.split(widths, dim=-1))
 
+    def _cached_mask(self, n_new: int) -> Tensor | None:
+        """With a cache, new query i sits at absolute position total − new + i and sees the keys up to
+        it; a single new query sees them all (no mask)."""
+        total = self._keys.shape[-2]
+        if n_new == 1:
+            return None
+        rows = torch.arange(total - n_new, total, device=self._keys.device).unsqueeze(-1)
+        return torch.arange(total, device=self._keys.device) <= rows
+
+    def positions(self, n_new: int, like: Tensor) -> Tensor:
+        """1-based absolute positions i of the newest ``n_new`` queries (the prefix counts)."""
+        total = self._keys.shape[-2]
+        return torch.arange(total - n_new + 1, total + 1, device=like.device, dtype=like.dtype)
+
+    def aggregate_with_normaliser(self, q: Tensor, values: list[Tensor], centre: Tensor, slot: str = "values"):
+        """(Σ_j P_ij v_j for every v, L_i = log Σ_{j≤i} e^{scale q_i·k_j}) from ONE SDPA call with a sentinel
+        key scored ``centre`` (see :func:`softmax_average_with_normaliser`); one attention evaluation."""
+        widths = [v.shape[-1] for v in values]
+        joined = torch.cat(values, -1)
+        self.kernel_calls += 1
+        self.evaluations += 1
+        if self.cache is None:
+            out, log_norm = softmax_average_with_normaliser(
+                q, self._keys, joined, centre, scale=self.scale, causal=True
+            )
+        else:
+            joined = self._extend(slot, joined)
+            out, log_norm = softmax_average_with_normaliser(
+                q, self._keys, joined, centre, scale=self.scale, mask=self._cached_mask(q.shape[-2])
+            )
+        return list(out.split(widths, dim=-1)), log_norm
+
+    def log_normaliser(self, q: Tensor, expected_score: Tensor) -> Tensor:
+        """L_i = log Σ_{j≤i} exp(scale q_i·k_j) over every key seen so far (cache included)."""
+        self.kernel_calls += 1  # the sentinel call (same softmax: no new evaluation)
+        if self.cache is None:
+            return softmax_log_normaliser(q, self._keys, scale=self.scale, causal=True, expected_score=expected_score)
+        mask = self._cached_mask(q.shape[-2])
+        return softmax_log_normaliser(q, self._keys, scale=self.scale, expected_score=expected_score, mask=mask)
+
     def _aggregate_cached(self, q, values, widths, new_softmax, slot):
         keys, values = self._keys, self._extend(slot, values)
-        new, total = q.shape[-2], keys.shape[-2]
-        mask = None
-        if new > 1:  # query i sits at absolute position total − new + i and sees keys up to it
-            rows = torch.arange(total - new, total, device=q.device).unsqueeze(-1)
-            mask = torch.arange(total, device=q.device) <= rows
-        out = softmax_average(q, keys, values, scale=self.scale, mask=mask)
+        out = softmax_average(q, keys, values, scale=self.scale, mask=self._cached_mask(q.shape[-2]))
         self.kernel_calls += 1
         self.evaluations += int(new_softmax)
         return list(out.split(widths, dim=-1))

@@ -7,14 +7,18 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from sympformer.integrators.damping import MODES as DAMPING_MODES
 from sympformer.nn.blocks import BLOCKS
+from sympformer.nn.v1_blocks import LNP_MODES, MLP_VARIANTS, NONCAUSAL_ARCHS, V1_ARCHS
 
 # B_cap: the baseline with a second (token, position) embedding table added at the input, so that it
 # has the parameters of the momentum models (their v0 tables) without any momentum: the fair control.
 # *_L: the same blocks on the signed prefix-linear attention (notes §3.4).
 SOFTMAX_ARCHS: tuple[str, ...] = ("B", "B_cap", *[name for name in BLOCKS if name != "B"])
 LINEAR_ARCHS: tuple[str, ...] = ("B_L", "Y_L", "H0_L", "H1_L", "R2_L")
-ARCHS: tuple[str, ...] = SOFTMAX_ARCHS + LINEAR_ARCHS
+V1_ARCH_NAMES: tuple[str, ...] = tuple(V1_ARCHS)
+ARCHS: tuple[str, ...] = SOFTMAX_ARCHS + LINEAR_ARCHS + V1_ARCH_NAMES
+CAUSAL_ARCHS: tuple[str, ...] = tuple(a for a in ARCHS if a not in NONCAUSAL_ARCHS)
 V0_MODES = ("learned", "zero")
 STRENGTH_MODES = ("fixed", "learned")
 
@@ -48,6 +52,16 @@ class SympFormerConfig:
     connection_strength: str = "fixed"
     gain_floor: float = 1e-6
     linear_chunk: int = 128
+    v1_h0: float = 0.3
+    v1_t0: float = 1.0
+    v1_damping: str = "loglin"
+    v1_c_log: float = 3.0
+    v1_c_lin: float = 1e-4
+    v1_eta_clip: float | None = 12.0
+    v1_learn_damping: bool = True
+    v1_lookahead: bool = False
+    v1_lnp: str = "end"
+    v1_mlp: str = "nesterov"
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "n_layer", "n_head", "n_embd", "block_size", "linear_chunk"):
@@ -65,6 +79,23 @@ class SympFormerConfig:
         _choice("arch", self.arch, ARCHS)
         _choice("v0", self.v0, V0_MODES)
         _choice("connection_strength", self.connection_strength, STRENGTH_MODES)
+        _choice("v1_damping", self.v1_damping, DAMPING_MODES)
+        _choice("v1_lnp", self.v1_lnp, LNP_MODES)
+        _choice("v1_mlp", self.v1_mlp, MLP_VARIANTS)
+        if not float(self.v1_t0) > 0:
+            raise ValueError(f"v1_t0 must be positive (the layer time never starts at 0), got {self.v1_t0!r}")
+        if not float(self.v1_h0) > 0:
+            raise ValueError(f"v1_h0 must be positive, got {self.v1_h0!r}")
+        if self.v1_eta_clip is not None and not float(self.v1_eta_clip) > 0:
+            raise ValueError(f"v1_eta_clip must be positive or null, got {self.v1_eta_clip!r}")
+
+    @property
+    def is_v1(self) -> bool:
+        return self.arch in V1_ARCHS
+
+    @property
+    def is_causal(self) -> bool:
+        return self.arch not in NONCAUSAL_ARCHS
 
     @property
     def attention_kind(self) -> str:
@@ -75,6 +106,8 @@ class SympFormerConfig:
         """The block class: B_cap uses B, the *_L architectures their softmax namesakes."""
         if self.arch == "B_cap":
             return "B"
+        if self.is_v1:
+            return "V1"
         return self.arch[: -len("_L")] if self.arch in LINEAR_ARCHS else self.arch
 
     @property

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from sympformer.nn.blocks import BLOCKS
 from sympformer.nn.config import SympFormerConfig
 from sympformer.nn.layers import ConstrainedScalar
+from sympformer.nn.v1_blocks import V1Block, V1State
 from sympformer.utils import atomic_write_text
 
 INIT_STD = 0.02
@@ -41,8 +42,10 @@ class SympFormerLM(nn.Module):
             self.tok_v0 = nn.Embedding(config.vocab_size, n)
             self.pos_v0 = nn.Embedding(config.block_size, n)
         self.drop = nn.Dropout(config.dropout)
-        block = BLOCKS[config.block_name]
-        self.blocks = nn.ModuleList(block(config) for _ in range(config.n_layer))
+        if config.is_v1:
+            self.blocks = nn.ModuleList(V1Block(config, last=i == config.n_layer - 1) for i in range(config.n_layer))
+        else:
+            self.blocks = nn.ModuleList(BLOCKS[config.block_name](config) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(n, eps=1e-5, bias=config.bias)
         self.lm_head = nn.Linear(n, config.vocab_size, bias=False)
         self.lm_head.weight = self.tok_emb.weight
@@ -63,6 +66,8 @@ class SympFormerLM(nn.Module):
                     continue
                 if id(param) in norms:
                     param.fill_(1.0)
+                elif name.endswith("b_theta"):  # the v1 mobility B_θ starts at the identity
+                    param.copy_(torch.eye(param.shape[0], dtype=param.dtype))
                 elif name.endswith("bias"):
                     param.zero_()
                 else:
@@ -89,16 +94,22 @@ class SympFormerLM(nn.Module):
     def forward(self, idx: Tensor, targets: Tensor | None = None, start: int = 0) -> tuple[Tensor, Tensor | None]:
         """logits (B, T, vocab) and the mean cross-entropy against ``targets`` (−1 entries ignored).
         ``start``: absolute position of idx[:, 0] (non-zero only while decoding with a cache)."""
-        for block in self.blocks:
-            block.attn.reset_counters()
         x, v = self.embed(idx, start)
-        for block in self.blocks:
-            x, v = block(x, v)
-        logits = self.lm_head(self.ln_f(x))
+        logits = self.forward_embedded(x, v)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1)
         return logits, loss
+
+    def forward_embedded(self, x: Tensor, v: Tensor | None) -> Tensor:
+        """logits from the embedded stream (x₀, v₀): the blocks, LN_f and the head (used by the audit)."""
+        for block in self.blocks:
+            block.attn.reset_counters()
+        if self.config.is_v1:
+            v = V1State(v, None, None, float(self.config.v1_t0))
+        for block in self.blocks:
+            x, v = block(x, v)
+        return self.lm_head(self.ln_f(x))
 
     # --- generation ------------------------------------------------------------------------------
 
@@ -134,6 +145,7 @@ class SympFormerLM(nn.Module):
         that of generation without a cache. temperature 0 is greedy decoding."""
         was_training = self.training
         self.eval()
+        use_cache = use_cache and self.config.is_causal  # the leaky global force has no prefix cache
         tokens, cached, all_logits = idx, None, []
         block_size = self.config.block_size
         try:

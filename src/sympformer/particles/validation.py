@@ -7,7 +7,9 @@ from torch import Tensor
 
 
 def as_matrix(name: str, value, dtype=None) -> Tensor:
-    matrix = torch.as_tensor(value, dtype=dtype or torch.get_default_dtype())
+    if dtype is None and not (isinstance(value, Tensor) and value.is_floating_point()):
+        dtype = torch.get_default_dtype()  # lists and integer tensors take the default; float tensors keep theirs
+    matrix = torch.as_tensor(value, dtype=dtype)
     if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
         raise ValueError(f"{name} must be a square matrix, got shape {tuple(matrix.shape)}")
     if not bool(torch.isfinite(matrix).all()):

@@ -102,10 +102,27 @@ def _kill_hook(step: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def train(config: RunConfig, out: str | os.PathLike, resume: bool = False, progress: bool = True) -> dict:
-    """Train ``config`` into the run folder ``out``; returns the summary (also in summary.json)."""
+class NonCausalArchitecture(RuntimeError):
+    pass
+
+
+def train(
+    config: RunConfig,
+    out: str | os.PathLike,
+    resume: bool = False,
+    progress: bool = True,
+    allow_noncausal: bool = False,
+) -> dict:
+    """Train ``config`` into the run folder ``out``; returns the summary (also in summary.json).
+    A non-causal research architecture (v1_global_euler) is refused unless ``allow_noncausal``."""
     from tqdm import tqdm
 
+    if not config.model.is_causal and not allow_noncausal:
+        raise NonCausalArchitecture(
+            f"{config.model.arch} is not causal: its force differentiates a whole-sequence energy, so later "
+            "tokens move earlier ones and the loss it reaches is a leak, not a result (notes §7). It is a "
+            "research witness; pass --allow-noncausal to train it anyway."
+        )
     out = Path(out)
     t = config.train
     info = D.init_distributed(t.device)

@@ -1,0 +1,137 @@
+r"""Oracles of the SympFormer v1 blocks: one kernel evaluation per layer returns the velocity
+F = ∂H/∂P, the force G and the velocity map P' ↦ K(X) P' (the integrator contract of
+:mod:`sympformer.integrators.oracle`). Inputs: x = the normalised stream LN(X) (the force is applied
+to the raw stream, without the LN Jacobian), p = the momentum.
+
+CausalPrefixForce (notes §7; the default): one kernel shared by the heads,
+    S_ij = mean_h ⟨q_i^h, k_j^h⟩ / √d_h (j ≤ i),  E_ij = e^{S_ij},  z_i = (1/i) Σ_{j≤i} E_ij,
+    F_i = B_θ p_i / z_i,  s_i = ⟨B_θ p_i, p_i⟩ / z_i²,
+    G_i = W_O( (1/(2i)) Σ_{j≤i} E_ij (s_i + s_j + 2) w_j ),  w = W_V x.
+  Fast path: (1/i) Σ_j E_ij v_j = z_i Σ_j P_ij v_j with P the causal softmax: one SDPA call on the
+  values w plus a sentinel key (Σ P w and log z together), then one call on s w.
+
+PrefixLinearForce (notes §2.4 with the prefix count 1/i in place of v1's 1/T):
+    F_i = (1/i) Σ_{j≤i} ((A x_i)·x_j) p_j,   G_i = −(1/i) Σ_{j≤i} (p_i·p_j) A x_j + V x_i.
+
+GlobalHamiltonianForce (research only; LEAKS): G = −∂H/∂x of the whole-sequence Hamiltonian
+    H = Σ_i ½ ⟨B_θ p_i, p_i⟩ / z_i − ½ Σ_{j≤i} E_ij,  z_i = (1/T) Σ_{j≤i} E_ij  (the authors' v1 force)
+  ∂H/∂x_i holds key-side terms of every later query j > i, and z divides by the full length T, so
+  earlier tokens are moved by later ones. It exists as the witness that the causality audit catches.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from sympformer.integrators.oracle import Evaluation
+from sympformer.nn.attention import CausalSelfAttention
+from sympformer.nn.linear_attention import prefix_linear
+
+
+class CausalPrefixForce(CausalSelfAttention):
+    """The causal prefix force of notes §7 (module docstring); one attention evaluation per call."""
+
+    def __init__(self, n_embd: int, n_head: int, bias: bool) -> None:
+        super().__init__(n_embd, 1, bias, dropout=0.0)  # one kernel over the full width
+        self.scale = 1.0 / (n_head * math.sqrt(n_embd // n_head))  # = mean over heads of q·k/√d_h
+        self.b_theta = nn.Parameter(torch.eye(n_embd))
+
+    def evaluate(self, x: Tensor, p: Tensor, need_force: bool = True) -> Evaluation:
+        q, k, w = self.project(x)
+        # one SDPA call gives Σ_j P_ij w_j and log Σ_{j≤i} E_ij; the sentinel is centred on the diagonal
+        # score s_ii (always visible, L_i ≥ s_ii); if a row's mass sits ≳ 80 nats above its diagonal (float32
+        # underflow), that layer falls back to the entropy-bounded centre (one more call)
+        diagonal = self.scale * (q * k).sum(-1)
+        (w_avg,), log_norm = self.aggregate_with_normaliser(q, [w], diagonal)
+        if not bool(torch.isfinite(log_norm).all()):
+            (k_avg,) = self.aggregate(q, k, [k], new_softmax=False, slot="centre")
+            log_norm = self.log_normaliser(q, self.scale * (q * k_avg).sum(-1))
+        log_z = (log_norm - torch.log(self.positions(q.shape[-2], log_norm))).squeeze(1)  # (B, T)
+        inv_z = torch.exp(-log_z).unsqueeze(-1)
+        bp = p @ self.b_theta.T
+        velocity_map = lambda p_new: (p_new @ self.b_theta.T) * inv_z
+        if not need_force:
+            return Evaluation(bp * inv_z, torch.zeros_like(p), velocity_map)
+        pbp = (bp * p).sum(-1)
+        s = pbp * torch.exp(-2 * log_z)
+        (sw_avg,) = self.aggregate(q, k, [s[:, None, :, None] * w], new_softmax=False, slot="second")
+        z = torch.exp(log_z)[:, None, :, None]
+        inner = 0.5 * z * ((s[:, None, :, None] + 2) * w_avg + sw_avg)
+        return Evaluation(bp * inv_z, self.output(inner), velocity_map)
+
+
+class PrefixLinearForce(nn.Module):
+    """The v1 linear oracle with prefix normalisation (module docstring); one Gram evaluation per call."""
+
+    def __init__(self, n_embd: int, chunk: int) -> None:
+        super().__init__()
+        self.c_A = nn.Linear(n_embd, n_embd, bias=False)
+        self.c_V = nn.Linear(n_embd, n_embd, bias=False)
+        self.chunk = chunk
+        self.cache: dict[str, Tensor] | None = None
+        self.reset_counters()
+
+    def reset_counters(self) -> None:
+        self.evaluations = 0
+        self.kernel_calls = 0
+
+    def _prefix(self, slot: str, query: Tensor, key: Tensor, value: Tensor) -> Tensor:
+        state = None if self.cache is None else self.cache.get(slot)
+        out, final = prefix_linear(query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1), self.chunk, state)
+        if self.cache is not None:
+            self.cache[slot + ".next"] = final
+        self.kernel_calls += 1
+        return out.squeeze(1)
+
+    def commit(self, length: int) -> None:
+        """After a cached step: the states of this step become the prefix of the next."""
+        if self.cache is not None:
+            for slot in [s for s in self.cache if s.endswith(".next")]:
+                self.cache[slot[: -len(".next")]] = self.cache.pop(slot)
+            self.cache["count"] = int(self.cache.get("count", 0)) + length
+
+    def evaluate(self, x: Tensor, p: Tensor, need_force: bool = True) -> Evaluation:
+        start = 0 if self.cache is None else int(self.cache.get("count", 0))
+        count = torch.arange(start + 1, start + x.shape[1] + 1, device=x.device, dtype=x.dtype).unsqueeze(-1)
+        ax = self.c_A(x)
+        self.evaluations += 1
+        velocity_map = lambda p_new, slot="p_new": self._prefix(slot, ax, x, p_new) / count
+        velocity = velocity_map(p, "p")
+        if not need_force:
+            return Evaluation(velocity, torch.zeros_like(p), velocity_map)
+        force = -self._prefix("ax", p, p, ax) / count + self.c_V(x)
+        return Evaluation(velocity, force, velocity_map)
+
+
+class GlobalHamiltonianForce(CausalSelfAttention):
+    """The authors' v1 whole-sequence force (research only; it leaks: module docstring)."""
+
+    def __init__(self, n_embd: int, n_head: int, bias: bool) -> None:
+        super().__init__(n_embd, n_head, bias, dropout=0.0)
+        self.c_proj = None  # the force is −∂H/∂x: no value read-out
+        self.b_theta = nn.Parameter(torch.eye(n_embd))
+
+    def hamiltonian(self, x: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
+        q, k, _ = self.project(x)
+        length = x.shape[1]
+        scores = (q @ k.mT * self.scale).mean(1).clamp(-60, 60)  # head-averaged, (B, T, T)
+        mask = torch.ones(length, length, dtype=torch.bool, device=x.device).tril()
+        energy = torch.where(mask, torch.exp(scores), torch.zeros_like(scores))
+        z = energy.sum(-1) / length  # divided by the full length T: a second leak
+        bp = p @ self.b_theta.T
+        return (0.5 * (bp * p).sum(-1) / z).sum() - 0.5 * energy.sum(), z
+
+    def evaluate(self, x: Tensor, p: Tensor, need_force: bool = True) -> Evaluation:
+        self.evaluations += 1
+        self.kernel_calls += 1
+        build_graph = torch.is_grad_enabled() and x.requires_grad  # training backpropagates through G
+        with torch.enable_grad():
+            x_in = x if build_graph else x.detach().requires_grad_(True)
+            h, z = self.hamiltonian(x_in, p if build_graph else p.detach())
+            (grad,) = torch.autograd.grad(h, x_in, create_graph=build_graph)
+        inv_z = (1.0 / z).unsqueeze(-1)
+        velocity_map = lambda p_new: (p_new @ self.b_theta.T) * inv_z
+        return Evaluation(velocity_map(p), -grad if need_force else torch.zeros_like(p), velocity_map)
