@@ -9,7 +9,7 @@ from pathlib import Path
 
 from sympformer.integrators.damping import MODES as DAMPING_MODES
 from sympformer.nn.blocks import BLOCKS
-from sympformer.nn.v1_blocks import LNP_MODES, MLP_VARIANTS, NONCAUSAL_ARCHS, V1_ARCHS
+from sympformer.nn.v1_blocks import LNP_MODES, MLP_VARIANTS, MULTI_CALL, NONCAUSAL_ARCHS, V1_ARCHS
 
 # B_cap: the baseline with a second (token, position) embedding table added at the input, so that it
 # has the parameters of the momentum models (their v0 tables) without any momentum: the fair control.
@@ -62,6 +62,7 @@ class SympFormerConfig:
     v1_lookahead: bool = False
     v1_lnp: str = "end"
     v1_mlp: str = "nesterov"
+    v1_xi: float = 0.5
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "n_layer", "n_head", "n_embd", "block_size", "linear_chunk"):
@@ -84,6 +85,8 @@ class SympFormerConfig:
         _choice("v1_mlp", self.v1_mlp, MLP_VARIANTS)
         if not float(self.v1_t0) > 0:
             raise ValueError(f"v1_t0 must be positive (the layer time never starts at 0), got {self.v1_t0!r}")
+        if not float(self.v1_xi) > 0:
+            raise ValueError(f"v1_xi must be positive, got {self.v1_xi!r}")
         if not float(self.v1_h0) > 0:
             raise ValueError(f"v1_h0 must be positive, got {self.v1_h0!r}")
         if self.v1_eta_clip is not None and not float(self.v1_eta_clip) > 0:
@@ -96,6 +99,15 @@ class SympFormerConfig:
     @property
     def is_causal(self) -> bool:
         return self.arch not in NONCAUSAL_ARCHS
+
+    @property
+    def oracle_calls_per_layer(self) -> int:
+        return 4 if self.is_v1 and V1_ARCHS[self.arch][1] in MULTI_CALL else 1
+
+    @property
+    def supports_cache(self) -> bool:
+        """Cached decoding needs causal, one-call layers (a multi-call layer evaluates shadow states)."""
+        return self.is_causal and self.oracle_calls_per_layer == 1
 
     @property
     def attention_kind(self) -> str:

@@ -145,7 +145,7 @@ class SympFormerLM(nn.Module):
         that of generation without a cache. temperature 0 is greedy decoding."""
         was_training = self.training
         self.eval()
-        use_cache = use_cache and self.config.is_causal  # the leaky global force has no prefix cache
+        use_cache = use_cache and self.config.supports_cache  # leaky or multi-call layers: full recompute
         tokens, cached, all_logits = idx, None, []
         block_size = self.config.block_size
         try:

@@ -19,6 +19,8 @@ velocity is multiplied by h_X / h_P, so that a scheme stepping with h_P moves X 
     v1_halfdamp_pe   half-damped (Strang) Euler     exact half-step friction around a kick–drift
     v1_ab2           variable-step AB2 on (F, G − α P), previous right-hand side from the layer below
     v1_etd_ab2       ETD-AB2 in Π = e^{η} P, drift with the new momentum
+    v1_doubling      explicit 2nd-order doubling integrator in Π with coupling ξ (4 oracle calls)
+    v1_strang        exact half-step friction around the doubling step (4 oracle calls)
     v1_lin_*         the same on the prefix-linear oracle
     v1_global_euler  forward Euler on the leaky whole-sequence force (research only)
 
@@ -38,6 +40,7 @@ from sympformer.integrators import (
     AdamsBashforth2,
     ConformalStrang,
     Damping,
+    Doubling,
     ETDAdamsBashforth2,
     Evaluation,
     ExponentialEuler,
@@ -55,9 +58,10 @@ SCHEMES = {
     "ab2": AdamsBashforth2(),
     "etd_ab2": ETDAdamsBashforth2("new"),
 }
+MULTI_CALL = ("doubling", "strang")  # four oracle calls per layer (the v1 `presymp`, `presymp_strang`)
 OLD_MOMENTUM_DRIFT = ("fe", "ab2")  # X⁺ does not read P⁺
 V1_ARCHS: dict[str, tuple[str, str]] = {  # arch: (oracle, scheme)
-    **{f"v1_{name}": ("softmax", name) for name in SCHEMES},
+    **{f"v1_{name}": ("softmax", name) for name in (*SCHEMES, *MULTI_CALL)},
     **{f"v1_lin_{name}": ("linear", name) for name in SCHEMES},
     "v1_global_euler": ("global", "fe"),
 }
@@ -83,7 +87,12 @@ class V1Block(nn.Module):
     def __init__(self, config, last: bool = False) -> None:
         super().__init__()
         oracle_kind, scheme_name = V1_ARCHS[config.arch]
-        self.scheme = SCHEMES[scheme_name]
+        if scheme_name == "doubling":
+            self.scheme = Doubling(config.v1_xi)
+        elif scheme_name == "strang":
+            self.scheme = ConformalStrang(Doubling(config.v1_xi))
+        else:
+            self.scheme = SCHEMES[scheme_name]
         self.need_force = not (last and scheme_name in OLD_MOMENTUM_DRIFT)
         n, bias = config.n_embd, config.bias
         self.ln_x = LayerNorm(n, bias)
