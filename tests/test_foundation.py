@@ -26,7 +26,7 @@ def test_version_matches_package():
 def test_help_lists_existing_subcommands():
     result = run_cli("--help")
     assert result.returncode == 0
-    for name in ("demo", "data", "train", "sample"):
+    for name in ("demo", "particles", "data", "train", "sample", "audit"):
         assert name in result.stdout
 
 

@@ -29,15 +29,17 @@ def softmax_average(
     """Σ_j softmax_j(scale·q_i·k_j) v_j (j ≤ i when ``causal``; j where ``mask`` is True when a boolean
     mask is given), shapes (..., L, d), one SDPA call."""
     width = max(q.shape[-1], v.shape[-1])
+    batch = q.shape[:-2]
+    as4d = lambda t: t.reshape(-1, 1, *t.shape[-2:]) if t.ndim != 4 else t  # fused kernels want (B, H, L, E)
     out = F.scaled_dot_product_attention(
-        _pad_width(q, width),
-        _pad_width(k, width),
-        _pad_width(v, width),
+        as4d(_pad_width(q, width)),
+        as4d(_pad_width(k, width)),
+        as4d(_pad_width(v, width)),
         attn_mask=mask,
         scale=scale,
         is_causal=causal and mask is None,
     )
-    return out[..., : v.shape[-1]]
+    return out[..., : v.shape[-1]].reshape(*batch, q.shape[-2], v.shape[-1])
 
 
 def softmax_average_with_normaliser(

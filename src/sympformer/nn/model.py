@@ -26,7 +26,7 @@ from sympformer.nn.blocks import BLOCKS
 from sympformer.nn.config import SympFormerConfig
 from sympformer.nn.layers import ConstrainedScalar
 from sympformer.nn.v1_blocks import V1Block, V1State
-from sympformer.utils import atomic_write_text
+from sympformer.utils import atomic_write_text, make_readable
 
 INIT_STD = 0.02
 
@@ -192,6 +192,7 @@ class SympFormerLM(nn.Module):
         os.close(fd)
         try:
             save_model(self, tmp, metadata={"format": "pt", "sympformer_config": json.dumps(self.config.to_dict())})
+            make_readable(tmp)
             os.replace(tmp, directory / "model.safetensors")
         finally:
             if os.path.exists(tmp):

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sympformer.utils import make_readable
+
 
 def capture_rng() -> dict:
     state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
@@ -38,6 +40,7 @@ def save_checkpoint(path: str | os.PathLike, payload: dict) -> None:
             torch.save(payload, handle)
             handle.flush()
             os.fsync(handle.fileno())
+        make_readable(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -1,0 +1,59 @@
+"""Shared pieces of the particle experiments: output folder, CSV and markdown writers, plotting setup."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from sympformer.utils import atomic_write_text
+
+
+def output_dir(out: str | Path) -> Path:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    if not rows:
+        atomic_write_text(path, "")
+        return
+    columns = list(rows[0])
+    lines = [",".join(columns)]
+    for row in rows:
+        lines.append(",".join(_cell(row.get(c)) for c in columns))
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def read_csv(path: Path) -> list[dict]:
+    with Path(path).open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value).replace(",", ";")
+
+
+def pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: Path) -> None:
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    fig.savefig(tmp, dpi=110)
+    tmp.replace(path)
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    from sympformer.benchmarking import markdown_table as table
+
+    return table(header, rows)
