@@ -9,6 +9,8 @@ import socket
 import pytest
 import torch
 
+from sympformer.data import prepare
+
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 
@@ -61,3 +63,20 @@ def f64():
 def gen():
     """A seeded CPU generator (seed 0); tests draw their random inputs from it."""
     return torch.Generator().manual_seed(0)
+
+
+TEXT = (
+    "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n"
+    "The slings and arrows of outrageous fortune,\nOr to take arms against a sea of troubles\n"
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """A small byte-level shard folder (two text files, ~40 kB)."""
+    root = tmp_path_factory.mktemp("tiny-data")
+    for i in range(2):
+        (root / f"text{i}.txt").write_text("".join(f"{j}: {TEXT}" for j in range(120)))
+    out = root / "shards"
+    prepare(f"files:{root}/*.txt", "bytes", out, progress=False)
+    return out

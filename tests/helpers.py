@@ -24,3 +24,23 @@ def observed_orders(errors: list[float]) -> list[float]:
     import math
 
     return [math.log2(a / b) for a, b in zip(errors, errors[1:], strict=False)]
+
+
+def tiny_config(data_dir, **train):
+    from sympformer.train import build
+
+    values = {
+        "model": {"arch": "R2", "vocab_size": 256, "n_layer": 2, "n_head": 2, "n_embd": 16, "block_size": 16},
+        "data": {"dir": str(data_dir), "corpus": None},
+        "train": {
+            "max_steps": 12,
+            "batch_size": 4,
+            "eval_interval": 4,
+            "eval_batches": 2,
+            "log_interval": 2,
+            "sample_tokens": 0,
+            "warmup": 2,
+            **train,
+        },
+    }
+    return values, build(values)

@@ -10,9 +10,9 @@ import argparse
 import sys
 
 from sympformer import __version__
-from sympformer.commands import audit, data, demo, particles, sample, train
+from sympformer.commands import audit, compare, data, demo, particles, sample, train
 
-SUBCOMMANDS = (demo, particles, data, train, sample, audit)
+SUBCOMMANDS = (demo, particles, data, train, sample, compare, audit)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from conftest import tiny_config
+from helpers import tiny_config
 from sympformer.train.checkpoint import load_checkpoint
 
 

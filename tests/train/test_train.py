@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import tiny_config
+from helpers import tiny_config
 from sympformer.nn import SympFormerConfig, SympFormerLM
 from sympformer.train import ConfigError, RunFolderError, TrainingDiverged, build, load, train
 from sympformer.train.checkpoint import load_checkpoint, save_checkpoint

@@ -19,7 +19,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         model = SympFormerLM.from_pretrained(run_dir / "model", map_location=args.device)
         config = json.loads((run_dir / "config.json").read_text())
-        tokenizer = TokenShards.open(config["data"]["dir"]).tokenizer()
+        shards = TokenShards.open(config["data"]["dir"])
+        tokenizer = shards.tokenizer()
     except (FileNotFoundError, DataError) as exc:
         print(f"error: {exc} (is {run_dir} a finished run folder?)", file=sys.stderr)
         return 2
@@ -27,7 +28,14 @@ def run(args: argparse.Namespace) -> int:
     prompt = torch.tensor([ids[-model.config.block_size :]], device=args.device)
     generator = torch.Generator(device=args.device).manual_seed(args.seed)
     for _ in range(args.num_samples):
-        out = model.generate(prompt, args.tokens, temperature=args.temperature, top_k=args.top_k, generator=generator)
+        out = model.generate(
+            prompt,
+            args.tokens,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            generator=generator,
+            vocab_limit=shards.vocab_size,
+        )
         print(tokenizer.decode(out[0].tolist()))
         print("-" * 40)
     return 0

@@ -118,7 +118,10 @@ class SympFormerLM(nn.Module):
             block.attn.cache = {} if enabled else None
 
     @staticmethod
-    def _sample(logits: Tensor, temperature: float, top_k: int | None, generator) -> Tensor:
+    def _sample(logits: Tensor, temperature: float, top_k: int | None, generator, vocab_limit: int | None) -> Tensor:
+        if vocab_limit is not None and vocab_limit < logits.shape[-1]:  # padding ids the tokenizer does not know
+            logits = logits.clone()
+            logits[..., vocab_limit:] = float("-inf")
         if temperature == 0:
             return logits.argmax(-1, keepdim=True)
         logits = logits.float() / temperature
@@ -137,12 +140,14 @@ class SympFormerLM(nn.Module):
         generator: torch.Generator | None = None,
         use_cache: bool = True,
         return_logits: bool = False,
+        vocab_limit: int | None = None,
     ):
         """Append ``max_new_tokens`` sampled tokens to ``idx`` (B, T). The context is the last
         block_size tokens. With ``use_cache`` each new token costs one position per layer: the cache
         holds every layer's keys and value groups (velocity terms included); once the sequence is
         longer than block_size the window slides and the cache is rebuilt from it, so the result is
-        that of generation without a cache. temperature 0 is greedy decoding."""
+        that of generation without a cache. temperature 0 is greedy decoding; ``vocab_limit`` keeps the
+        samples below the tokenizer's vocabulary when the model's is padded (e.g. 50304 for GPT-2's 50257)."""
         was_training = self.training
         self.eval()
         use_cache = use_cache and self.config.supports_cache  # leaky or multi-call layers: full recompute
@@ -160,7 +165,7 @@ class SympFormerLM(nn.Module):
                     logits = self(tokens[:, cached:], start=cached)[0][:, -1]
                     cached = tokens.shape[1]
                 all_logits.append(logits)
-                tokens = torch.cat([tokens, self._sample(logits, temperature, top_k, generator)], dim=1)
+                tokens = torch.cat([tokens, self._sample(logits, temperature, top_k, generator, vocab_limit)], dim=1)
         finally:
             self._set_cache(False)
             self.train(was_training)

@@ -91,6 +91,7 @@ def _sample_text(model: SympFormerLM, shards: TokenShards, config: RunConfig, de
         temperature=t.sample_temperature,
         top_k=t.sample_top_k,
         generator=torch.Generator(device=device).manual_seed(t.seed),
+        vocab_limit=shards.vocab_size,
     )
     return tokenizer.decode(out[0].tolist())
 
@@ -202,7 +203,7 @@ def train(
         initial=step,
         desc=f"train {config.model.arch}",
         unit="step",
-        disable=not (progress and info.is_main),
+        disable=None if (progress and info.is_main) else True,  # None: no bar when not a terminal
         dynamic_ncols=True,
     )
     step_times: list[float] = []

@@ -55,7 +55,7 @@ def run(
         trail = [ax.plot([], [], "-", color="C0", alpha=0.3, lw=0.8)[0] for _ in range(x0.shape[0])]
         points = ax.scatter(x0[:, 0], x0[:, 1], s=18, color="C3" if "acc" in name else "C0")
         artists.append((ax, name, trail, points))
-    bar = tqdm(total=calls + 1, desc="animate", disable=not progress)
+    bar = tqdm(total=calls + 1, desc="animate", disable=None if progress else True)
 
     def frame(k):
         for (ax, name, trail, points), history, gap in zip(artists, (classical, accelerated), gaps[k], strict=True):

@@ -209,7 +209,7 @@ def run(
         else:
             raise ValueError(f"unknown problem {name!r}; valid: quadratic, linear, sphere")
     total = sum(len(p.methods) for p in built) * max_calls
-    bar = tqdm(total=total, desc="converge", unit=" call", disable=not progress)
+    bar = tqdm(total=total, desc="converge", unit=" call", disable=None if progress else True)
     trace_rows, hit_rows, results = [], [], {}
     for problem in built:
         for method in problem.methods:

@@ -65,7 +65,7 @@ def run(
     linear = LinearAttention(A, V)
     softmax = AcceleratedSoftmaxSystem(SoftmaxGeometry(A, torch.eye(2, **f64)), dense=True)
     rows, runs = [], {}
-    for case in tqdm(clouds, desc="preserve", disable=not progress):
+    for case in tqdm(clouds, desc="preserve", disable=None if progress else True):  # None: no bar off a terminal
         x0 = clouds[case].to(device)
         y0 = x0 @ L.T + c
         system = softmax if case == "softmax" else linear
