@@ -35,7 +35,7 @@ def train_step_fn(model, idx, optimizer, precision):
     def step():
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(idx.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            _, loss = model(idx, idx)
+            _, loss = model(idx, idx, return_logits=False)
         loss.backward()
         optimizer.step()
 

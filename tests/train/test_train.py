@@ -134,8 +134,8 @@ def test_nan_stops_and_keeps_last_good_checkpoint(tiny_data, tmp_path, monkeypat
     real_forward = SympFormerLM.forward
     calls = {"n": 0}
 
-    def poisoned(self, idx, targets=None, start=0):
-        logits, loss = real_forward(self, idx, targets, start)
+    def poisoned(self, idx, targets=None, start=0, return_logits=True):
+        logits, loss = real_forward(self, idx, targets, start, return_logits)
         if targets is not None and self.training:
             calls["n"] += 1
             if calls["n"] == 8:

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from sympformer.nn.blocks import BLOCKS
 from sympformer.nn.config import SympFormerConfig
 from sympformer.nn.layers import ConstrainedScalar
+from sympformer.nn.loss import linear_cross_entropy
 from sympformer.nn.v1_blocks import V1Block, V1State
 from sympformer.utils import atomic_write_text, make_readable
 
@@ -91,25 +92,37 @@ class SympFormerLM(nn.Module):
             return self.drop(x), None
         return self.drop(x), second if second is not None else torch.zeros_like(x)
 
-    def forward(self, idx: Tensor, targets: Tensor | None = None, start: int = 0) -> tuple[Tensor, Tensor | None]:
+    def forward(
+        self, idx: Tensor, targets: Tensor | None = None, start: int = 0, return_logits: bool = True
+    ) -> tuple[Tensor | None, Tensor | None]:
         """logits (B, T, vocab) and the mean cross-entropy against ``targets`` (−1 entries ignored).
-        ``start``: absolute position of idx[:, 0] (non-zero only while decoding with a cache)."""
+        ``start``: absolute position of idx[:, 0] (non-zero only while decoding with a cache).
+        ``return_logits=False`` (training, evaluation): the loss comes from the chunked fused head
+        (:func:`sympformer.nn.loss.linear_cross_entropy`) and the logits are not formed (None)."""
         x, v = self.embed(idx, start)
-        logits = self.forward_embedded(x, v)
+        h = self.ln_f(self.run_blocks(x, v))
+        if targets is not None and not return_logits:
+            return None, linear_cross_entropy(h.flatten(0, 1), self.lm_head.weight, targets.flatten())
+        logits = self.lm_head(h)
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1)
+            wide = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 → fp32, fp64 stays
+            loss = F.cross_entropy(wide.flatten(0, 1), targets.flatten(), ignore_index=-1)
         return logits, loss
 
-    def forward_embedded(self, x: Tensor, v: Tensor | None) -> Tensor:
-        """logits from the embedded stream (x₀, v₀): the blocks, LN_f and the head (used by the audit)."""
+    def run_blocks(self, x: Tensor, v: Tensor | None) -> Tensor:
+        """The block stack from the embedded stream (x₀, v₀); returns the final stream."""
         for block in self.blocks:
             block.attn.reset_counters()
         if self.config.is_v1:
             v = V1State(v, None, None, float(self.config.v1_t0))
         for block in self.blocks:
             x, v = block(x, v)
-        return self.lm_head(self.ln_f(x))
+        return x
+
+    def forward_embedded(self, x: Tensor, v: Tensor | None) -> Tensor:
+        """logits from the embedded stream (x₀, v₀): the blocks, LN_f and the head (used by the audit)."""
+        return self.lm_head(self.ln_f(self.run_blocks(x, v)))
 
     # --- generation ------------------------------------------------------------------------------
 

@@ -70,7 +70,7 @@ def evaluate(model: SympFormerLM, batches, device, precision: str, info: D.DistI
     for x, y in batches[info.rank :: info.world_size]:
         x, y = x.to(device), y.to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            _, loss = model(x, y)
+            _, loss = model(x, y, return_logits=False)
         totals += torch.tensor([loss.double().item() * y.numel(), y.numel()], dtype=torch.float64, device=device)
     D.all_reduce_sum(totals, info)
     model.train(was_training)
@@ -227,7 +227,7 @@ def train(
                 sync = runner.no_sync()
             with sync:
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.precision == "bf16"):
-                    _, loss = runner(x, y)
+                    _, loss = runner(x, y, return_logits=False)
                 (loss / t.grad_accum).backward()
             loss_sum += loss.detach().double()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip if t.grad_clip > 0 else math.inf)

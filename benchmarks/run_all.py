@@ -1,0 +1,51 @@
+"""`make bench`: every benchmark in one go, each writing its section of benchmarks/RESULTS.md.
+
+    python benchmarks/run_all.py [--device cpu|cuda] [--quick]
+
+Order: block step times (every architecture family, two softmax shapes, the linear and v1 shapes),
+peak memory, B against transformers' GPT-2, torch.compile on/off, the particle-lab scale. About
+15 minutes on 2 CPU cores; --quick runs fewer rounds and the smaller particle sizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    device = ["--device", args.device] if args.device else []
+    rounds = ["--rounds", "3" if args.quick else "7"]
+    jobs = [
+        ["blocks_step_time.py", *device, *rounds, "--repeats", "1" if args.quick else "2"],
+        ["memory.py", *device],
+        ["compile.py", *device, "--rounds", "3" if args.quick else "5"],
+        ["particles_scale.py", "--sizes", "1000,10000" if args.quick else "1000,10000,100000"],
+    ]
+    if importlib.util.find_spec("transformers") is not None:
+        jobs.insert(2, ["vs_transformers.py", *device, *rounds])
+    else:
+        print("transformers is not installed: skipping the GPT-2 comparison (pip install -e '.[bench]')")
+    failures = 0
+    for job in jobs:
+        started = time.perf_counter()
+        print(f"\n=== {' '.join(job)}", flush=True)
+        result = subprocess.run([sys.executable, str(HERE / job[0]), *job[1:]], cwd=HERE)
+        failures += result.returncode != 0
+        print(f"=== {job[0]}: {'ok' if result.returncode == 0 else 'FAILED'} in {time.perf_counter() - started:.0f} s")
+    print(f"\nresults: {HERE / 'RESULTS.md'}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
