@@ -14,4 +14,4 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
 if "$PY" -c "import transformers" 2>/dev/null; then
   "$PY" benchmarks/vs_transformers.py --device cuda --precision bf16 --rounds 5 --repeats 5
 fi
-"$PY" benchmarks/particles_scale.py --sizes 1000,10000,100000 --results benchmarks/RESULTS.md
+"$PY" benchmarks/particles_scale.py --device cuda --sizes 1000,10000,100000

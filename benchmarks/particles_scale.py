@@ -19,20 +19,26 @@ from sympformer.benchmarking import markdown_table, write_section
 CHILD = r"""
 import json, resource, sys, time, torch
 from sympformer.particles import AcceleratedSoftmaxSystem, SoftmaxGeometry
-n, d, dense = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "dense"
+n, d, dense, device = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "dense", sys.argv[4]
 g = torch.Generator().manual_seed(0)
 a = torch.randn(d, d, generator=g, dtype=torch.float64) / d
-geometry = SoftmaxGeometry((a + a.T) / 2, torch.eye(d, dtype=torch.float64))
-x = torch.randn(n, d, generator=g, dtype=torch.float64)
-y = torch.randn(n, d, generator=g, dtype=torch.float64)
+geometry = SoftmaxGeometry((a + a.T) / 2, torch.eye(d, dtype=torch.float64)).to(device)
+x = torch.randn(n, d, generator=g, dtype=torch.float64).to(device)
+y = torch.randn(n, d, generator=g, dtype=torch.float64).to(device)
 system = AcceleratedSoftmaxSystem(geometry, dense=dense)
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+cuda = device.startswith("cuda")
+if cuda:
+    torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(); base = torch.cuda.memory_allocated()
+else:
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 start = time.perf_counter()
 ev = system(x, y)
+if cuda:
+    torch.cuda.synchronize()
 elapsed = time.perf_counter() - start
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 assert torch.isfinite(ev.force).all()
-print(json.dumps({"seconds": elapsed, "peak_mb": (peak - base) / 1024}))
+print(json.dumps({"seconds": elapsed, "peak_mb": (peak - base) / 2**20}))
 """
 
 
@@ -49,6 +55,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1000,10000,100000")
     parser.add_argument("--dim", type=int, default=16)
+    parser.add_argument("--device", default="cpu")
     parser.add_argument(
         "--dense-limit-gb",
         type=float,
@@ -64,14 +71,21 @@ def main() -> None:
             if path == "dense" and dense_gb > args.dense_limit_gb:
                 rows.append([n, path, "not run", f"would need ≈ {dense_gb:,.0f} GB"])
                 continue
-            m = measure(n, args.dim, path)
+            m = measure(n, args.dim, path, args.device)
             if "error" in m:
                 rows.append([n, path, "failed", m["error"]])
             else:
                 rows.append([n, path, f"{m['seconds']:.3f}", f"{m['peak_mb']:,.1f} MB"])
             print(rows[-1], flush=True)
     body = markdown_table(["N", "path", "seconds / evaluation", "peak memory above baseline"], rows)
-    write_section(args.results, "particles-scale-cpu", f"Particle lab: accelerated softmax RHS, d = {args.dim}", body)
+    device = args.device.split(":")[0]
+    write_section(
+        args.results,
+        f"particles-scale-{device}",
+        f"Particle lab: accelerated softmax RHS, d = {args.dim} ({args.device}, float64)",
+        body,
+        args.device,
+    )
     print(body)
 
 
