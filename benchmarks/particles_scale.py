@@ -42,9 +42,9 @@ print(json.dumps({"seconds": elapsed, "peak_mb": (peak - base) / 2**20}))
 """
 
 
-def measure(n: int, d: int, path: str) -> dict:
+def measure(n: int, d: int, path: str, device: str) -> dict:
     result = subprocess.run(
-        [sys.executable, "-c", CHILD, str(n), str(d), path], capture_output=True, text=True, timeout=3600
+        [sys.executable, "-c", CHILD, str(n), str(d), path, device], capture_output=True, text=True, timeout=3600
     )
     if result.returncode != 0:
         return {"error": result.stderr.strip().splitlines()[-1]}

@@ -3,7 +3,8 @@
     python benchmarks/run_all.py [--device cpu|cuda] [--quick]
 
 Order: block step times (every architecture family, two softmax shapes, the linear and v1 shapes),
-peak memory, B against transformers' GPT-2, torch.compile on/off, the particle-lab scale. About
+peak memory, B against transformers' GPT-2, torch.compile on/off, the particle-lab scale, and
+profiles of the steps whose targets do not hold. About
 15 minutes on 2 CPU cores; --quick runs fewer rounds and the smaller particle sizes.
 """
 
@@ -31,6 +32,7 @@ def main() -> int:
         ["memory.py", *device],
         ["compile.py", *device, "--rounds", "3" if args.quick else "5"],
         ["particles_scale.py", "--sizes", "1000,10000" if args.quick else "1000,10000,100000"],
+        ["profile_steps.py"],
     ]
     if importlib.util.find_spec("transformers") is not None:
         jobs.insert(2, ["vs_transformers.py", *device, *rounds])

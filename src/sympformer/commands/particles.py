@@ -48,7 +48,9 @@ def run_preserve(args: argparse.Namespace) -> int:
 def run_animate(args: argparse.Namespace) -> int:
     from sympformer.particles.experiments import animate
 
-    summary = animate.run(args.out, calls=args.calls, kappa=args.kappa, seed=args.seed, progress=not args.quiet)
+    summary = animate.run(
+        args.out, calls=args.calls, kappa=args.kappa, seed=args.seed, device=args.device, progress=not args.quiet
+    )
     print(summary["markdown"])
     print(f"written: {args.out}/animate.gif, animate.csv, animate.md")
     return 0
@@ -57,7 +59,7 @@ def run_animate(args: argparse.Namespace) -> int:
 def run_svgd(args: argparse.Namespace) -> int:
     from sympformer.particles.experiments import svgd
 
-    summary = svgd.run(args.out, n=args.particles, seed=args.seed, progress=not args.quiet)
+    summary = svgd.run(args.out, n=args.particles, seed=args.seed, device=args.device, progress=not args.quiet)
     print(summary["markdown"])
     print(f"written: {args.out}/svgd.png, svgd.csv, svgd.md")
     return 0

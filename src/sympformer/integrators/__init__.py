@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 
 from sympformer.integrators.damping import MODES, NO_DAMPING, Damping, phi1
@@ -128,8 +127,3 @@ def integrate_flow(scheme, field, x: Tensor, times: Sequence[float], record: boo
     if not record:
         return Trajectory([times[0], times[-1]], [xs[0], x])
     return Trajectory(times, xs)
-
-
-def as_tensor(value, like: Tensor) -> Tensor:
-    """A float or tensor as a tensor of ``like``'s dtype and device."""
-    return torch.as_tensor(value, dtype=like.dtype, device=like.device)

@@ -31,19 +31,22 @@ from torch import Tensor, nn
 from sympformer.softmax_ops import softmax_average, softmax_average_with_normaliser, softmax_log_normaliser
 
 
-class CausalSelfAttention(nn.Module):
-    """Multi-head causal self-attention with SDPA, plus the pieces the connection term reuses.
+class AttentionBase(nn.Module):
+    """What every attention kind shares: W_QKV (``c_attn``), W_O (``c_proj``), the head split and merge,
+    directional projections, the counters and the generation cache (``cache``: None, or a dict).
 
-    ``evaluations`` counts the attention evaluations (distinct softmax distributions, the paper's
-    oracle calls) and ``kernel_calls`` the SDPA launches since the last :meth:`reset_counters`.
-    """
+    ``evaluations`` counts the attention evaluations (distinct softmax distributions or Gram
+    evaluations, the paper's oracle calls) and ``kernel_calls`` the kernel passes since the last
+    :meth:`reset_counters`. ``qk_scale`` multiplies q, k and their directions (1 for softmax
+    attention, whose score scale is separate; r^{-1/4} for the linear attention)."""
+
+    qk_scale = 1.0
 
     def __init__(self, n_embd: int, n_head: int, bias: bool, dropout: float) -> None:
         super().__init__()
         if n_embd % n_head:
             raise ValueError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head})")
         self.n_head, self.head_dim = n_head, n_embd // n_head
-        self.scale = 1.0 / math.sqrt(self.head_dim)
         self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)
         self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
         self.dropout = dropout
@@ -64,6 +67,26 @@ class CausalSelfAttention(nn.Module):
         b, h, n, d = t.shape
         return t.transpose(1, 2).reshape(b, n, h * d)
 
+    def directions(self, u: Tensor) -> tuple[Tensor, Tensor]:
+        """dq = W_Q u and dk = W_K u (weights only: a directional derivative has no bias)."""
+        n = self.c_attn.out_features // 3
+        weight = self.c_attn.weight
+        dq = self.split_heads(F.linear(u, weight[:n])) * self.qk_scale
+        dk = self.split_heads(F.linear(u, weight[n : 2 * n])) * self.qk_scale
+        return dq, dk
+
+    def output(self, y: Tensor) -> Tensor:
+        """The attention output c_proj(merge(y)) with residual dropout."""
+        return self.resid_dropout(self.c_proj(self.merge_heads(y)))
+
+
+class CausalSelfAttention(AttentionBase):
+    """Multi-head causal self-attention with SDPA, plus the pieces the connection term reuses."""
+
+    def __init__(self, n_embd: int, n_head: int, bias: bool, dropout: float) -> None:
+        super().__init__(n_embd, n_head, bias, dropout)
+        self.scale = 1.0 / math.sqrt(self.head_dim)
+
     def project(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """q, k, w (values) of the new positions, each (B, H, T, d_h); with a cache, the keys are
         appended to it (the scores use every cached key)."""
@@ -77,19 +100,9 @@ class CausalSelfAttention(nn.Module):
         self.cache[slot] = new if old is None else torch.cat([old, new], dim=-2)
         return self.cache[slot]
 
-    def directions(self, u: Tensor) -> tuple[Tensor, Tensor]:
-        """dq = W_Q u and dk = W_K u (weights only: a directional derivative has no bias)."""
-        n = self.c_attn.out_features // 3
-        weight = self.c_attn.weight
-        return self.split_heads(F.linear(u, weight[:n])), self.split_heads(F.linear(u, weight[n : 2 * n]))
-
     def output_linear(self, y: Tensor) -> Tensor:
         """W_O merge(y) without the bias (the linear part of the output projection)."""
         return F.linear(self.merge_heads(y), self.c_proj.weight)
-
-    def output(self, y: Tensor) -> Tensor:
-        """The attention output c_proj(merge(y)) with residual dropout."""
-        return self.resid_dropout(self.c_proj(self.merge_heads(y)))
 
     def aggregate(
         self, q: Tensor, k: Tensor, values: list[Tensor], new_softmax: bool = True, slot: str = "values"

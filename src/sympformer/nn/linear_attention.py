@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
+
+from sympformer.nn.attention import AttentionBase
 
 RIDGE = 1e-3
 
@@ -58,35 +60,15 @@ def prefix_gram(a: Tensor, b: Tensor, state: Tensor | None = None) -> Tensor:
     return gram if state is None else gram + state.unsqueeze(2)
 
 
-class PrefixLinearAttention(nn.Module):
+class PrefixLinearAttention(AttentionBase):
     """Drop-in for :class:`~sympformer.nn.attention.CausalSelfAttention` with the signed prefix-linear
     attention: same parameters, same methods (forward, with_connection, then_connection), counters,
     and a generation cache holding the prefix states instead of keys."""
 
     def __init__(self, n_embd: int, n_head: int, bias: bool, dropout: float, chunk: int = 512) -> None:
-        super().__init__()
-        if n_embd % n_head:
-            raise ValueError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head})")
-        self.n_head, self.head_dim, self.chunk = n_head, n_embd // n_head, chunk
+        super().__init__(n_embd, n_head, bias, dropout)
+        self.chunk = chunk
         self.qk_scale = self.head_dim**-0.25
-        self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)
-        self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
-        self.resid_dropout = nn.Dropout(dropout)
-        self.cache: dict[str, Tensor] | None = None
-        self.reset_counters()
-
-    def reset_counters(self) -> None:
-        self.evaluations = 0
-        self.kernel_calls = 0
-
-    def split_heads(self, t: Tensor) -> Tensor:
-        b, n, c = t.shape
-        return t.view(b, n, self.n_head, c // self.n_head).transpose(1, 2)
-
-    @staticmethod
-    def merge_heads(t: Tensor) -> Tensor:
-        b, h, n, d = t.shape
-        return t.transpose(1, 2).reshape(b, n, h * d)
 
     def _state(self, name: str) -> Tensor | None:
         return None if self.cache is None else self.cache.get(name)
@@ -104,13 +86,6 @@ class PrefixLinearAttention(nn.Module):
         q, k, w = self.c_attn(z).split(self.c_attn.out_features // 3, dim=-1)
         return self.split_heads(q) * self.qk_scale, self.split_heads(k) * self.qk_scale, self.split_heads(w)
 
-    def directions(self, u: Tensor) -> tuple[Tensor, Tensor]:
-        n = self.c_attn.out_features // 3
-        weight = self.c_attn.weight
-        dq = self.split_heads(F.linear(u, weight[:n])) * self.qk_scale
-        dk = self.split_heads(F.linear(u, weight[n : 2 * n])) * self.qk_scale
-        return dq, dk
-
     def _attend(self, q: Tensor, k: Tensor, w: Tensor) -> Tensor:
         """(1/i) Σ_{j≤i} (q_i·k_j) w_j, continuing the cached prefix state."""
         out, state = prefix_linear(q, k, w, self.chunk, self._state("kw"))
@@ -118,9 +93,6 @@ class PrefixLinearAttention(nn.Module):
         self.evaluations += 1
         self.kernel_calls += 1
         return out / self._positions(q.shape[-2], out)
-
-    def output(self, y: Tensor) -> Tensor:
-        return self.resid_dropout(self.c_proj(self.merge_heads(y)))
 
     def _finish(self, length: int) -> None:
         if self.cache is not None:

@@ -44,28 +44,28 @@ class QuadraticControl:
     def kappa(self) -> float:
         return self.L / self.mu
 
-    def potential(self, dtype=torch.float64) -> QuadraticPotential:
-        return QuadraticPotential(torch.diag(torch.tensor([self.mu, self.L], dtype=dtype)))
+    def potential(self, dtype=torch.float64, device=None) -> QuadraticPotential:
+        return QuadraticPotential(torch.diag(torch.tensor([self.mu, self.L], dtype=dtype, device=device)))
 
-    def geometry(self, dtype=torch.float64) -> SoftmaxGeometry:
-        eye = torch.eye(2, dtype=dtype)
+    def geometry(self, dtype=torch.float64, device=None) -> SoftmaxGeometry:
+        eye = torch.eye(2, dtype=dtype, device=device)
         return SoftmaxGeometry(self.eps * eye, eye)
 
-    def classical(self, dtype=torch.float64) -> ClassicalSoftmaxFlow:
-        return ClassicalSoftmaxFlow(self.geometry(dtype), self.potential(dtype), dense=self.dense)
+    def classical(self, dtype=torch.float64, device=None) -> ClassicalSoftmaxFlow:
+        return ClassicalSoftmaxFlow(self.geometry(dtype, device), self.potential(dtype, device), dense=self.dense)
 
-    def accelerated(self, dtype=torch.float64) -> AcceleratedSoftmaxSystem:
-        return AcceleratedSoftmaxSystem(self.geometry(dtype), self.potential(dtype), dense=self.dense)
+    def accelerated(self, dtype=torch.float64, device=None) -> AcceleratedSoftmaxSystem:
+        return AcceleratedSoftmaxSystem(self.geometry(dtype, device), self.potential(dtype, device), dense=self.dense)
 
     def damping(self) -> Damping:
         """Constant friction α = 2√μ (critical damping of the slowest mode)."""
         return Damping("constant", alpha=2 * math.sqrt(self.mu), t0=0.0)
 
-    def initial_positions(self, seed: int, dtype=torch.float64) -> Tensor:
+    def initial_positions(self, seed: int, dtype=torch.float64, device=None) -> Tensor:
         g = torch.randn(self.n_particles, 2, generator=torch.Generator().manual_seed(seed), dtype=dtype)
-        return torch.stack([0.5 * g[:, 0], 0.5 * math.sqrt(self.mu / self.L) * g[:, 1]], dim=-1)
+        return torch.stack([0.5 * g[:, 0], 0.5 * math.sqrt(self.mu / self.L) * g[:, 1]], dim=-1).to(device)
 
     def relative_gap(self, x: Tensor, x0: Tensor) -> Tensor:
         """W(X) / W(X₀)."""
-        potential = self.potential(x.dtype)
+        potential = self.potential(x.dtype, x.device)
         return potential.value(x) / potential.value(x0)

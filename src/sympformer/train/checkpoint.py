@@ -4,16 +4,14 @@ python travel with them so that a resumed run continues exactly."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from sympformer.utils import make_readable
+from sympformer.utils import atomic_write
 
 
 def capture_rng() -> dict:
@@ -32,20 +30,7 @@ def restore_rng(state: dict) -> None:
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        make_readable(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda handle: torch.save(payload, handle))
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:

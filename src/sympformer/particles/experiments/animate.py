@@ -17,20 +17,27 @@ from sympformer.particles.experiments.common import output_dir, pyplot, write_cs
 
 
 def run(
-    out: str | Path, calls: int = 120, kappa: float = 100.0, seed: int = 31001, fps: int = 15, progress: bool = True
+    out: str | Path,
+    calls: int = 120,
+    kappa: float = 100.0,
+    seed: int = 31001,
+    fps: int = 15,
+    device: str = "cpu",
+    progress: bool = True,
 ) -> dict:
     from matplotlib.animation import FuncAnimation, PillowWriter
     from tqdm import tqdm
 
     out = output_dir(out)
     control = QuadraticControl(mu=1.0 / kappa, eps=0.2, dense=True)
-    x0 = control.initial_positions(seed)
+    x0 = control.initial_positions(seed, device=device)
+    classical_flow, accelerated_system = control.classical(device=device), control.accelerated(device=device)
     classical, accelerated = [x0], [x0]
     x, y, p, memory, t = x0, x0, torch.zeros_like(x0), None, 0.0
     euler, kick_drift = get_flow_scheme("euler"), get_scheme("kick_drift")
     for _ in range(calls):
-        x = euler.step(control.classical(), x, 1.0)
-        y, p, memory = kick_drift.step(control.accelerated(), y, p, t, 1.0, control.damping(), memory)
+        x = euler.step(classical_flow, x, 1.0)
+        y, p, memory = kick_drift.step(accelerated_system, y, p, t, 1.0, control.damping(), memory)
         t += 1.0
         classical.append(x)
         accelerated.append(y)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 from sympformer.utils import atomic_write_text
@@ -23,11 +22,6 @@ def write_csv(path: Path, rows: list[dict]) -> None:
     for row in rows:
         lines.append(",".join(_cell(row.get(c)) for c in columns))
     atomic_write_text(path, "\n".join(lines) + "\n")
-
-
-def read_csv(path: Path) -> list[dict]:
-    with Path(path).open(newline="") as handle:
-        return list(csv.DictReader(handle))
 
 
 def _cell(value) -> str:

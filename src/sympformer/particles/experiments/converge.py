@@ -60,13 +60,13 @@ class Problem:
 
 def quadratic_problem(kappa: float, seeds: list[int], eps: float = 0.05, device="cpu") -> Problem:
     control = QuadraticControl(mu=1.0 / kappa, L=1.0, eps=eps, dense=True)
-    x0 = torch.stack([control.initial_positions(s) for s in seeds]).to(device)
-    potential = control.potential()
+    x0 = torch.stack([control.initial_positions(s, device=device) for s in seeds])
+    potential = control.potential(device=device)
     w0 = potential.value(x0)
     return Problem(
         f"quadratic κ={kappa:g}",
-        control.classical(),
-        control.accelerated(),
+        control.classical(device=device),
+        control.accelerated(device=device),
         control.damping(),
         lambda x: potential.value(x) / w0,
         x0,
@@ -84,8 +84,8 @@ def quadratic_problem(kappa: float, seeds: list[int], eps: float = 0.05, device=
 
 
 def linear_problem(kappa: float, seeds: list[int], device="cpu") -> Problem:
-    V = -torch.diag(torch.tensor([1.0, 1.0 / kappa], dtype=torch.float64))
-    system = LinearAttention(torch.eye(2, dtype=torch.float64), V)
+    V = -torch.diag(torch.tensor([1.0, 1.0 / kappa], dtype=torch.float64, device=device))
+    system = LinearAttention(torch.eye(2, dtype=torch.float64, device=device), V)
     x0 = torch.stack(
         [torch.randn(16, 2, generator=torch.Generator().manual_seed(s), dtype=torch.float64) for s in seeds]
     ).to(device)
@@ -109,7 +109,8 @@ def linear_problem(kappa: float, seeds: list[int], device="cpu") -> Problem:
 
 
 def sphere_problem(seeds: list[int], beta: float = 1.0, d: int = 3, device="cpu") -> Problem:
-    geometry = SoftmaxGeometry(beta * torch.eye(d, dtype=torch.float64), torch.eye(d, dtype=torch.float64))
+    eye = torch.eye(d, dtype=torch.float64, device=device)
+    geometry = SoftmaxGeometry(beta * eye, eye)
     classical_flow = ClassicalSoftmaxFlow(geometry)
     system = AcceleratedSoftmaxSystem(geometry)
     x0 = torch.stack(

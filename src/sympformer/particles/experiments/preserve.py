@@ -47,13 +47,14 @@ def run(
 
     out = output_dir(out)
     g = torch.Generator().manual_seed(seed)
-    f64 = dict(dtype=torch.float64)
+    f64 = dict(dtype=torch.float64, device=device)
     scatter0 = torch.tensor([[1.0, 0.6], [0.6, 0.8]], **f64)
     mean0 = torch.tensor([0.5, -0.3], **f64)
-    clouds = {
-        "gaussian": sample_elliptical(n, mean0, scatter0, "gaussian", generator=g, dtype=torch.float64),
-        "t": sample_elliptical(n, mean0, scatter0, "t", nu=3.0, generator=g, dtype=torch.float64),
+    clouds = {  # sampled on the CPU (seeded), then moved
+        "gaussian": sample_elliptical(n, mean0.cpu(), scatter0.cpu(), "gaussian", generator=g, dtype=torch.float64),
+        "t": sample_elliptical(n, mean0.cpu(), scatter0.cpu(), "t", nu=3.0, generator=g, dtype=torch.float64),
     }
+    clouds = {name: cloud.to(device) for name, cloud in clouds.items()}
     clouds["softmax"] = clouds["gaussian"]
     A = torch.tensor([[0.3, 0.05], [0.05, 0.2]], **f64)
     V = -torch.tensor([[1.0, 0.3], [0.3, 0.6]], **f64)
@@ -124,13 +125,13 @@ def _plot(runs, clouds, times, snapshots, rows, path: Path) -> None:
     fig, axes = plt.subplots(len(cases), snapshots + 1, figsize=(3.1 * (snapshots + 1), 3.0 * len(cases)))
     for r, case in enumerate(cases):
         particles, representation = runs[case]
-        x0 = particles.x[0]
+        x0 = particles.x[0].cpu()
         for col, k in enumerate(picks):
             ax = axes[r, col]
-            xt = particles.x[k]
+            xt = particles.x[k].cpu()
             ax.scatter(xt[:, 0], xt[:, 1], s=3, alpha=0.5, color="C0" if case != "softmax" else "C3")
             if representation is not None:  # the oracle's prediction of the law
-                mean, scatter = predicted_law(representation.x[k], sample_mean(x0), sample_scatter(x0))
+                mean, scatter = predicted_law(representation.x[k].cpu(), sample_mean(x0), sample_scatter(x0))
                 label = "oracle 2σ ellipse"
             else:  # the law an affine (shape-keeping) flow would have given, fitted to the cloud
                 P, shift = affine_fit(x0, xt)

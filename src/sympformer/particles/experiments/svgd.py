@@ -19,12 +19,15 @@ from sympformer.particles.linear import LinearAttention
 from sympformer.particles.stein import BilinearKernel, stein_potential_flow, svgd_flow
 
 
-def run(out: str | Path, n: int = 12, steps: int = 300, seed: int = 0, progress: bool = True) -> dict:
+def run(
+    out: str | Path, n: int = 12, steps: int = 300, seed: int = 0, device: str = "cpu", progress: bool = True
+) -> dict:
     out = output_dir(out)
-    f64 = dict(dtype=torch.float64)
+    f64 = dict(dtype=torch.float64, device=device)
     A = torch.tensor([[0.5, 0.1], [0.1, 0.3]], **f64)
     V = -torch.tensor([[1.0, 0.2], [0.2, 0.5]], **f64)
-    x0 = torch.randn(n, 2, generator=torch.Generator().manual_seed(seed), **f64) + torch.tensor([1.0, 0.5], **f64)
+    x0 = torch.randn(n, 2, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(device)
+    x0 = x0 + torch.tensor([1.0, 0.5], **f64)
     linear = LinearAttention(A, V)
     potential = linear.potential()
     flows = {
@@ -34,7 +37,10 @@ def run(out: str | Path, n: int = 12, steps: int = 300, seed: int = 0, progress:
     }
     times = mesh(0.0, 6.0, steps)
     rk4 = get_flow_scheme("rk4")
-    paths = {name: torch.stack(integrate_flow(rk4, flow, x0, times, record=True).x) for name, flow in flows.items()}
+    paths = {
+        name: torch.stack(integrate_flow(rk4, flow, x0, times, record=True).x).cpu() for name, flow in flows.items()
+    }
+    x0 = x0.cpu()
     names = list(flows)
     deviation = (paths[names[0]] - paths[names[1]]).abs().amax(dim=(1, 2))
     contrast = (paths[names[0]] - paths[names[2]]).abs().amax(dim=(1, 2))

@@ -1,0 +1,66 @@
+"""torch.profiler tables of one training step, for the shapes where a DESIGN.md target does not hold:
+what dominates the step, operator by operator.
+
+    python benchmarks/profile_steps.py [--cases heavy:H0,heavy:H1,v1:B,v1:v1_pe,heavy:B] [--rows 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from blocks_step_time import SHAPES  # noqa: E402
+
+from sympformer.benchmarking import markdown_table, write_section  # noqa: E402
+from sympformer.nn import SympFormerConfig, SympFormerLM  # noqa: E402
+
+
+def profile_case(shape: str, arch: str, rows: int) -> str:
+    fields, batch, _, _ = SHAPES[shape]
+    model = SympFormerLM(SympFormerConfig(**fields, arch=arch))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    idx = torch.randint(
+        0, fields["vocab_size"], (batch, fields["block_size"]), generator=torch.Generator().manual_seed(0)
+    )
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        _, loss = model(idx, idx, return_logits=False)
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(2):
+        step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    table = [
+        [e.key[:60], f"{e.self_cpu_time_total / 1e3:.1f}", f"{100 * e.self_cpu_time_total / total:.1f} %", e.count]
+        for e in events[:rows]
+    ]
+    return (
+        f"#### `{arch}` at shape `{shape}` ({total / 1e3:.0f} ms of operator time)\n\n"
+        + markdown_table(["operator", "self ms", "share", "calls"], table)
+        + "\n"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", default="heavy:H0,heavy:H1,v1:B,v1:v1_pe,heavy:B")
+    parser.add_argument("--rows", type=int, default=8)
+    parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
+    args = parser.parse_args()
+    body = "\n".join(profile_case(*case.split(":"), args.rows) for case in args.cases.split(","))
+    print(body)
+    write_section(args.results, "profiles-cpu", "Profiles of one training step (CPU)", body)
+
+
+if __name__ == "__main__":
+    main()
