@@ -51,6 +51,34 @@ def profile_case(shape: str, arch: str, rows: int) -> str:
     )
 
 
+def saved_activations(shape: str, archs: list[str]) -> str:
+    """Bytes that autograd keeps for the backward pass (distinct storages), per architecture: the
+    activation part of the training memory, free of allocator effects."""
+    fields, batch, _, _ = SHAPES[shape]
+    idx = torch.randint(
+        0, fields["vocab_size"], (batch, fields["block_size"]), generator=torch.Generator().manual_seed(0)
+    )
+    rows, base = [], None
+    for arch in archs:
+        model = SympFormerLM(SympFormerConfig(**fields, arch=arch))
+        storages: dict[int, int] = {}
+
+        def pack(tensor, storages=storages):
+            storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            model(idx, idx, return_logits=False)
+        mib = sum(storages.values()) / 2**20
+        base = base or mib
+        rows.append([arch, f"{mib:,.1f}", len(storages), f"{mib / base:.2f}"])
+    return (
+        f"#### Activations saved for the backward pass, shape `{shape}`\n\n"
+        + markdown_table(["arch", "MiB", "storages", f"× {archs[0]}"], rows)
+        + "\n"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", default="heavy:H0,heavy:H1,v1:B,v1:v1_pe,heavy:B")
@@ -58,6 +86,7 @@ def main() -> None:
     parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
     args = parser.parse_args()
     body = "\n".join(profile_case(*case.split(":"), args.rows) for case in args.cases.split(","))
+    body += "\n" + saved_activations("heavy", ["B", "H0", "Y", "H1", "R2"])
     print(body)
     write_section(args.results, "profiles-cpu", "Profiles of one training step (CPU)", body)
 

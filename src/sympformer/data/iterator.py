@@ -22,8 +22,9 @@ def _block(data: np.ndarray, start: int, length: int) -> tuple[np.ndarray, np.nd
 
 
 class BlockIterator:
-    def __init__(self, data: np.ndarray, block_size: int, batch_size: int, seed: int, rank: int = 0,
-                 world_size: int = 1) -> None:
+    def __init__(
+        self, data: np.ndarray, block_size: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1
+    ) -> None:
         if len(data) < block_size + 2:
             raise ValueError(f"the shard has {len(data)} tokens, fewer than one block of {block_size} + 1")
         if not 0 <= rank < world_size:
@@ -67,8 +68,9 @@ class BlockIterator:
         self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
 
 
-def validation_batches(data: np.ndarray, block_size: int, batch_size: int, n_batches: int
-                       ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def validation_batches(
+    data: np.ndarray, block_size: int, batch_size: int, n_batches: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The fixed validation set: up to ``n_batches`` batches of blocks evenly spaced over ``data``."""
     available = (len(data) - 1) // block_size
     if available < 1:
@@ -78,6 +80,7 @@ def validation_batches(data: np.ndarray, block_size: int, batch_size: int, n_bat
     batches = []
     for i in range(0, len(starts), batch_size):
         pairs = [_block(data, int(s), block_size) for s in starts[i : i + batch_size]]
-        batches.append((torch.from_numpy(np.stack([p[0] for p in pairs])),
-                        torch.from_numpy(np.stack([p[1] for p in pairs]))))
+        batches.append(
+            (torch.from_numpy(np.stack([p[0] for p in pairs])), torch.from_numpy(np.stack([p[1] for p in pairs])))
+        )
     return batches

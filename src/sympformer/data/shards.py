@@ -112,7 +112,9 @@ def prepare(
         writer = ShardWriter(out / f"{split}.bin", dtype, tok.vocab_size)
         count = 0
         try:
-            bar = tqdm(source.documents(split), desc=f"tokenizing {split}", unit=" doc", disable=None if progress else True)
+            bar = tqdm(
+                source.documents(split), desc=f"tokenizing {split}", unit=" doc", disable=None if progress else True
+            )
             for document in bar:
                 for piece in chunks(document, chunk_chars):
                     writer.write(tok.encode(piece))
@@ -175,8 +177,10 @@ class TokenShards:
         directory = Path(directory)
         manifest_path = directory / "manifest.json"
         if not manifest_path.is_file():
-            raise DataError(f"{manifest_path} is missing: prepare the data first, e.g. "
-                            f"`sympformer data prepare --corpus shakespeare --tokenizer bytes --out {directory}`")
+            raise DataError(
+                f"{manifest_path} is missing: prepare the data first, e.g. "
+                f"`sympformer data prepare --corpus shakespeare --tokenizer bytes --out {directory}`"
+            )
         try:
             manifest = json.loads(manifest_path.read_text())
         except json.JSONDecodeError as exc:
@@ -190,8 +194,10 @@ class TokenShards:
         if np.iinfo(dtype).max < vocab - 1:
             raise DataError(f"{manifest_path}: dtype {dtype} cannot hold a vocabulary of {vocab}")
         if model_vocab_size is not None and model_vocab_size < vocab:
-            raise DataError(f"the model's vocab_size {model_vocab_size} is smaller than the data's "
-                            f"vocabulary {vocab} ({manifest['tokenizer']['spec']}); set model.vocab_size ≥ {vocab}")
+            raise DataError(
+                f"the model's vocab_size {model_vocab_size} is smaller than the data's "
+                f"vocabulary {vocab} ({manifest['tokenizer']['spec']}); set model.vocab_size ≥ {vocab}"
+            )
         arrays = {}
         itemsize = np.dtype(dtype).itemsize
         for split in SPLITS:
@@ -204,8 +210,10 @@ class TokenShards:
             expected = int(entry["tokens"]) * itemsize
             size = path.stat().st_size
             if size != expected:
-                raise DataError(f"{path} has {size} bytes but the manifest promises {entry['tokens']} {dtype} "
-                                f"tokens ({expected} bytes): the file is truncated or from another run")
+                raise DataError(
+                    f"{path} has {size} bytes but the manifest promises {entry['tokens']} {dtype} "
+                    f"tokens ({expected} bytes): the file is truncated or from another run"
+                )
             if verify_hash and sha256_file(path) != entry["sha256"]:
                 raise DataError(f"{path} does not match the sha256 in {manifest_path}: the file is corrupted")
             if entry["tokens"] == 0:

