@@ -1,7 +1,7 @@
 """torch.profiler tables of one training step, for the shapes where a DESIGN.md target does not hold:
 what dominates the step, operator by operator.
 
-    python benchmarks/profile_steps.py [--cases heavy:H0,heavy:H1,v1:B,v1:v1_pe,heavy:B] [--rows 8]
+    python benchmarks/profile_steps.py [--cases heavy:H0,heavy:H1,linear:H0_L,linear:R2_L,v1:B,v1:v1_pe,heavy:B]
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def saved_activations(shape: str, archs: list[str]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cases", default="heavy:H0,heavy:H1,v1:B,v1:v1_pe,heavy:B")
+    parser.add_argument("--cases", default="heavy:H0,heavy:H1,linear:H0_L,linear:R2_L,v1:B,v1:v1_pe,heavy:B")
     parser.add_argument("--rows", type=int, default=8)
     parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
     args = parser.parse_args()
