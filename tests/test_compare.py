@@ -81,20 +81,27 @@ def fake_run(root, arch, seed, final, wall=10.0, step_time=0.01):
 
 
 def test_report_from_synthetic_runs(tmp_path):
-    finals = {"B": [3.00, 3.10, 3.05], "H0": [2.90, 3.00, 2.96], "R2": [3.20, 3.31, 3.24]}
+    finals = {"B": [3.00, 3.10, 3.05], "B_cap": [2.99, 3.08, 3.05], "H0": [2.90, 3.00, 2.96], "R2": [3.20, 3.31, 3.24]}
     for arch, values in finals.items():
         for seed, value in zip((1, 2, 3), values, strict=True):
-            fake_run(tmp_path, arch, seed, value, wall={"B": 10.0, "H0": 11.0, "R2": 20.0}[arch])
-    result = build_report(tmp_path, "B", ["B", "H0", "R2"])
+            fake_run(tmp_path, arch, seed, value, wall={"B": 10.0, "B_cap": 10.5, "H0": 11.0, "R2": 20.0}[arch])
+    result = build_report(tmp_path, "B", ["B", "B_cap", "H0", "R2"])
     by_arch = {c["arch"]: c for c in result["comparisons"]}
     expected = paired_t_test(finals["H0"], finals["B"])
     assert by_arch["H0"]["mean_difference"] == pytest.approx(expected.mean_difference)
     assert by_arch["H0"]["p"] == pytest.approx(expected.p)
-    assert [by_arch[a]["p_holm"] for a in ("H0", "R2")] == pytest.approx(holm([by_arch["H0"]["p"], by_arch["R2"]["p"]]))
+    family = ("B_cap", "H0", "R2")
+    assert [by_arch[a]["p_holm"] for a in family] == pytest.approx(holm([by_arch[a]["p"] for a in family]))
     assert by_arch["R2"]["verdict"] == "WORSE" and by_arch["H0"]["verdict"] == "better"
+    control = {c["arch"]: c for c in result["control_comparisons"]}
+    assert set(control) == {"H0", "R2"}  # against the parameter-matched control, B left out
+    assert control["H0"]["mean_difference"] == pytest.approx(
+        paired_t_test(finals["H0"], finals["B_cap"]).mean_difference
+    )
     assert result["equal_wall_clock"]["seconds"] == pytest.approx(10.0)
     text = (tmp_path / "report.md").read_text()
     assert "WORSE" in text and "equal wall-clock" in text and "3.0500 (0.0500)" in text
+    assert "against B_cap" in text
     for name in ("report.json", "loss_vs_tokens.png", "loss_vs_wall.png", "dynamics.png"):
         assert (tmp_path / name).is_file()
 

@@ -80,33 +80,9 @@ def _interpolate(points: list[tuple[float, float]], x: float) -> float | None:
     return points[-1][1]
 
 
-def analyse(runs: list[Run], reference: str, order: list[str] | None = None) -> dict:
-    """All numbers of the report as a JSON-ready dict."""
-    by_arch: dict[str, dict[int, Run]] = defaultdict(dict)
-    for run in runs:
-        by_arch[run.arch][run.seed] = run
-    archs = [a for a in (order or sorted(by_arch)) if a in by_arch]
-    if reference not in by_arch:
-        raise ValueError(f"the reference architecture {reference!r} has no finished run; present: {', '.join(archs)}")
-    table = {}
-    for arch in archs:
-        seeds = by_arch[arch]
-        losses = [seeds[s].summary["final_val_loss"] for s in sorted(seeds)]
-        mean, sd = mean_sd(losses)
-        first = next(iter(seeds.values())).summary
-        step_times = [r.summary["step_time_s_median"] for r in seeds.values() if r.summary.get("step_time_s_median")]
-        table[arch] = {
-            "seeds": sorted(seeds),
-            "final_val_loss": losses,
-            "mean": mean,
-            "sd": sd,
-            "parameters": first["parameters"],
-            "step_time_s": sum(step_times) / len(step_times) if step_times else None,
-            "tokens_per_s": sum(r.summary["tokens_per_s"] for r in seeds.values()) / len(seeds),
-            "attention_calls_per_token": first.get("attention_calls_per_token"),
-            "tokens": first["tokens"],
-            "wall_time_s": sum(r.summary["wall_time_s"] for r in seeds.values()) / len(seeds),
-        }
+def paired_family(by_arch: dict, archs: list[str], reference: str) -> list[dict]:
+    """Paired t-tests of every architecture against ``reference`` over their common seeds, with Holm's
+    correction over this family of comparisons."""
     comparisons = []
     for arch in archs:
         if arch == reference:
@@ -134,6 +110,43 @@ def analyse(runs: list[Run], reference: str, order: list[str] | None = None) -> 
             entry["verdict"] = "better" if entry["mean_difference"] < 0 else "WORSE"
         else:
             entry["verdict"] = "no significant difference"
+    return comparisons
+
+
+def analyse(runs: list[Run], reference: str, order: list[str] | None = None) -> dict:
+    """All numbers of the report as a JSON-ready dict."""
+    by_arch: dict[str, dict[int, Run]] = defaultdict(dict)
+    for run in runs:
+        by_arch[run.arch][run.seed] = run
+    archs = [a for a in (order or sorted(by_arch)) if a in by_arch]
+    if reference not in by_arch:
+        raise ValueError(f"the reference architecture {reference!r} has no finished run; present: {', '.join(archs)}")
+    table = {}
+    for arch in archs:
+        seeds = by_arch[arch]
+        losses = [seeds[s].summary["final_val_loss"] for s in sorted(seeds)]
+        mean, sd = mean_sd(losses)
+        first = next(iter(seeds.values())).summary
+        step_times = [r.summary["step_time_s_median"] for r in seeds.values() if r.summary.get("step_time_s_median")]
+        table[arch] = {
+            "seeds": sorted(seeds),
+            "final_val_loss": losses,
+            "mean": mean,
+            "sd": sd,
+            "parameters": first["parameters"],
+            "step_time_s": sum(step_times) / len(step_times) if step_times else None,
+            "tokens_per_s": sum(r.summary["tokens_per_s"] for r in seeds.values()) / len(seeds),
+            "attention_calls_per_token": first.get("attention_calls_per_token"),
+            "tokens": first["tokens"],
+            "wall_time_s": sum(r.summary["wall_time_s"] for r in seeds.values()) / len(seeds),
+        }
+    comparisons = paired_family(by_arch, archs, reference)
+    # the parameter-matched control is the fair reference for the momentum architectures
+    control = (
+        paired_family(by_arch, [a for a in archs if a != "B"], "B_cap")
+        if ("B_cap" in archs and reference != "B_cap")
+        else []
+    )
     # equal tokens: the validation points shared by all runs
     token_marks = sorted(set.intersection(*[{t for t, _, _ in r.val_curve()} for r in runs])) if runs else []
     marks = [m for m in token_marks if m > 0]
@@ -157,9 +170,40 @@ def analyse(runs: list[Run], reference: str, order: list[str] | None = None) -> 
         "archs": archs,
         "table": table,
         "comparisons": comparisons,
+        "control_comparisons": control,
         "equal_tokens": equal_tokens,
         "equal_wall_clock": {"seconds": budget, "val_loss": equal_wall},
     }
+
+
+def _comparison_section(comparisons: list[dict], ref: str, note: str) -> list[str]:
+    rows = []
+    for c in comparisons:
+        if "p" not in c:
+            rows.append([c["arch"], "—", "—", "—", "—", "—", f"{c['pairs']} pair(s): too few for a test"])
+            continue
+        rows.append(
+            [
+                c["arch"],
+                f"{c['mean_difference']:+.4f}",
+                f"[{c['ci_low']:+.4f}, {c['ci_high']:+.4f}]",
+                f"{c['p']:.3g}",
+                f"{c['p_holm']:.3g}",
+                f"{c['wins']}/{c['pairs']}",
+                c["verdict"],
+            ]
+        )
+    tested = len([r for r in rows if r[3] != "—"])
+    return [
+        f"## Paired differences against {ref} (arch − {ref}; negative = lower loss)",
+        "",
+        *([note, ""] if note else []),
+        "Two-sided paired t-tests over seeds (same seed = same data order and initial weights), 95 % "
+        f'intervals, Holm correction over the {tested} comparisons, α = {ALPHA}. "WORSE" marks an adverse result.',
+        "",
+        markdown_table(["arch", "mean Δ NLL", "95 % CI", "p", "p (Holm)", "wins", "verdict"], rows),
+        "",
+    ]
 
 
 def _fmt(value, spec=".4f") -> str:
@@ -194,32 +238,14 @@ def render_markdown(result: dict, title: str, context: str = "") -> str:
         ),
         "",
     ]
-    rows = []
-    for c in result["comparisons"]:
-        if "p" not in c:
-            rows.append([c["arch"], "—", "—", "—", "—", "—", f"{c['pairs']} pair(s): too few for a test"])
-            continue
-        rows.append(
-            [
-                c["arch"],
-                f"{c['mean_difference']:+.4f}",
-                f"[{c['ci_low']:+.4f}, {c['ci_high']:+.4f}]",
-                f"{c['p']:.3g}",
-                f"{c['p_holm']:.3g}",
-                f"{c['wins']}/{c['pairs']}",
-                c["verdict"],
-            ]
+    lines += _comparison_section(result["comparisons"], ref, "")
+    if result.get("control_comparisons"):
+        lines += _comparison_section(
+            result["control_comparisons"],
+            "B_cap",
+            "B_cap is B with the momentum models' extra embedding table and no momentum: the difference "
+            "against it is what momentum adds at equal parameters (up to the few hundred block scalars).",
         )
-    lines += [
-        f"## Paired differences against {ref} (arch − {ref}; negative = lower loss)",
-        "",
-        "Two-sided paired t-tests over seeds (same seed = same data order and initial weights), 95 % "
-        f"intervals, Holm correction over the {len([r for r in rows if r[3] != '—'])} comparisons, "
-        f'α = {ALPHA}. "WORSE" marks an adverse result.',
-        "",
-        markdown_table(["arch", "mean Δ NLL", "95 % CI", "p", "p (Holm)", "wins", "verdict"], rows),
-        "",
-    ]
     marks = sorted({m for v in result["equal_tokens"].values() for m in v}, key=int)
     rows = [[arch, *[_fmt(result["equal_tokens"][arch].get(m)) for m in marks]] for arch in result["archs"]]
     lines += [
