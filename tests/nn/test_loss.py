@@ -40,3 +40,19 @@ def test_model_loss_paths_agree():
     grads_plain = torch.autograd.grad(plain, list(model.parameters()))
     for a, b in zip(grads, grads_plain, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+def test_fused_loss_under_bf16_autocast_tracks_float32():
+    g = torch.Generator().manual_seed(2)
+    h = torch.randn(40, 16, generator=g, requires_grad=True)
+    w = (0.1 * torch.randn(300, 16, generator=g)).requires_grad_(True)
+    y = torch.randint(0, 300, (40,), generator=g)
+    reference = F.cross_entropy(h @ w.T, y)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fused = linear_cross_entropy(h, w, y)
+    assert fused.dtype == torch.float32 and abs(fused.item() - reference.item()) < 2e-2
+    grad_h, grad_w = torch.autograd.grad(fused, (h, w))
+    ref_h, ref_w = torch.autograd.grad(reference, (h, w))
+    assert grad_h.dtype == h.dtype and grad_w.dtype == w.dtype
+    torch.testing.assert_close(grad_h, ref_h, rtol=0.05, atol=2e-3)
+    torch.testing.assert_close(grad_w, ref_w, rtol=0.05, atol=2e-3)
