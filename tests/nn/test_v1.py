@@ -197,3 +197,30 @@ def test_training_refuses_the_leaky_witness(tmp_path):
     config = build({"model": {"arch": "v1_global_euler"}, "train": {"max_steps": 1}})
     with pytest.raises(NonCausalArchitecture, match="--allow-noncausal"):
         train(config, tmp_path / "run", progress=False)
+
+
+def test_prefix_oracle_fallback_centre_gives_the_same_force(monkeypatch):
+    """Forcing the entropy-bounded fallback (as when the diagonal-centred sentinel underflows) changes
+    nothing but the path, with and without the generation cache."""
+    torch.manual_seed(4)
+    oracle = CausalPrefixForce(8, 2, bias=False).double()
+    x = torch.randn(1, 6, 8, dtype=torch.float64)
+    p = torch.randn(1, 6, 8, dtype=torch.float64)
+    expected = oracle.evaluate(x, p)
+    real = oracle.aggregate_with_normaliser
+
+    def underflowing(*args, **kwargs):
+        averages, log_norm = real(*args, **kwargs)
+        return averages, torch.full_like(log_norm, float("inf"))
+
+    monkeypatch.setattr(oracle, "aggregate_with_normaliser", underflowing)
+    fallback = oracle.evaluate(x, p)
+    torch.testing.assert_close(fallback.force, expected.force, rtol=0, atol=1e-12)
+    oracle.cache = {}
+    pieces = [
+        oracle.evaluate(x[:, :3], p[:, :3]),
+        oracle.evaluate(x[:, 3:4], p[:, 3:4]),
+        oracle.evaluate(x[:, 4:], p[:, 4:]),
+    ]
+    oracle.cache = None
+    torch.testing.assert_close(torch.cat([e.force for e in pieces], 1), expected.force, rtol=0, atol=1e-12)

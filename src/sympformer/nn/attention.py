@@ -161,6 +161,14 @@ class CausalSelfAttention(AttentionBase):
             )
         return list(out.split(widths, dim=-1)), log_norm
 
+    def expected_score(self, q: Tensor) -> Tensor:
+        """E_P[scale q_i·k_j] = scale q_i·Σ_j P_ij k_j over every key seen so far (cache included): the
+        values are the keys themselves, so no value group needs caching."""
+        mask = None if self.cache is None else self._cached_mask(q.shape[-2])
+        average = softmax_average(q, self._keys, self._keys, scale=self.scale, causal=self.cache is None, mask=mask)
+        self.kernel_calls += 1
+        return self.scale * (q * average).sum(-1)
+
     def log_normaliser(self, q: Tensor, expected_score: Tensor) -> Tensor:
         """L_i = log Σ_{j≤i} exp(scale q_i·k_j) over every key seen so far (cache included)."""
         self.kernel_calls += 1  # the sentinel call (same softmax: no new evaluation)

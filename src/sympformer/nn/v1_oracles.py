@@ -47,8 +47,7 @@ class CausalPrefixForce(CausalSelfAttention):
         diagonal = self.scale * (q * k).sum(-1)
         (w_avg,), log_norm = self.aggregate_with_normaliser(q, [w], diagonal)
         if not bool(torch.isfinite(log_norm).all()):
-            (k_avg,) = self.aggregate(q, k, [k], new_softmax=False, slot="centre")
-            log_norm = self.log_normaliser(q, self.scale * (q * k_avg).sum(-1))
+            log_norm = self.log_normaliser(q, self.expected_score(q))
         log_z = (log_norm - torch.log(self.positions(q.shape[-2], log_norm))).squeeze(1)  # (B, T)
         inv_z = torch.exp(-log_z).unsqueeze(-1)
         bp = p @ self.b_theta.T
