@@ -59,12 +59,6 @@ def f64():
     torch.set_default_dtype(previous)
 
 
-@pytest.fixture
-def gen():
-    """A seeded CPU generator (seed 0); tests draw their random inputs from it."""
-    return torch.Generator().manual_seed(0)
-
-
 TEXT = (
     "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n"
     "The slings and arrows of outrageous fortune,\nOr to take arms against a sea of troubles\n"

@@ -32,8 +32,6 @@ class B(nn.Module):
     x ← x + Attn(LN_A(x));   x ← x + MLP(LN_M(x));   v unchanged
     """
 
-    has_velocity = False
-
     def __init__(self, config) -> None:
         super().__init__()
         self.ln_a = LayerNorm(config.n_embd, config.bias)
@@ -49,7 +47,6 @@ class B(nn.Module):
 class MomentumBlock(nn.Module):
     """Shared parts of the momentum blocks: LN_v, the scalars and the MLP half-step."""
 
-    has_velocity = True
     lookahead = False  # attention base LN_A(x + μ₁ v) instead of LN_A(x)
     connection = False
 

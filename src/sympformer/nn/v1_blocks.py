@@ -82,8 +82,6 @@ class V1State(NamedTuple):
 class V1Block(nn.Module):
     """One v1 layer (module docstring): ``block(x, state) -> (x, state)``."""
 
-    has_velocity = True
-
     def __init__(self, config, last: bool = False) -> None:
         super().__init__()
         oracle_kind, scheme_name = V1_ARCHS[config.arch]

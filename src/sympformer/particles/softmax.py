@@ -70,7 +70,8 @@ class SoftmaxGeometry:
         n = x.shape[-2]
         if dense:
             s = self.scores(x)
-            return torch.logsumexp(s, -1) - math.log(n), torch.softmax(s, -1) @ x, torch.softmax(s, -1)
+            P = torch.softmax(s, -1)
+            return torch.logsumexp(s, -1) - math.log(n), P @ x, P
         q = x @ self.A  # rows A x_i (A symmetric): q_i · x_j = x_iᵀ A x_j
         m = softmax_average(q, x, x)
         log_z = softmax_log_normaliser(q, x, expected_score=(q * m).sum(-1)) - math.log(n)

@@ -58,6 +58,18 @@ class Problem:
     description: str = ""
 
 
+def standard_methods(classical_step: float, accelerated_step: float, ab2_step: float | None = None) -> list[Method]:
+    """Classical Euler and RK4 against accelerated kick–drift, (AB2) and RK4."""
+    methods = [
+        Method("classical Euler", False, "euler", classical_step),
+        Method("classical RK4", False, "rk4", classical_step),
+        Method("accelerated kick-drift", True, "kick_drift", accelerated_step),
+    ]
+    if ab2_step is not None:
+        methods.append(Method("accelerated AB2", True, "ab2", ab2_step))
+    return methods + [Method("accelerated RK4", True, "rk4", accelerated_step)]
+
+
 def quadratic_problem(kappa: float, seeds: list[int], eps: float = 0.05, device="cpu") -> Problem:
     control = QuadraticControl(mu=1.0 / kappa, L=1.0, eps=eps, dense=True)
     x0 = torch.stack([control.initial_positions(s, device=device) for s in seeds])
@@ -70,13 +82,7 @@ def quadratic_problem(kappa: float, seeds: list[int], eps: float = 0.05, device=
         control.damping(),
         lambda x: potential.value(x) / w0,
         x0,
-        [
-            Method("classical Euler", False, "euler", 1.0),
-            Method("classical RK4", False, "rk4", 1.0),
-            Method("accelerated kick-drift", True, "kick_drift", 1.0),
-            Method("accelerated AB2", True, "ab2", 0.5),
-            Method("accelerated RK4", True, "rk4", 1.0),
-        ],
+        standard_methods(1.0, 1.0, ab2_step=0.5),
         description=(
             f"W = ½Σxᵀdiag({1 / kappa:g}, 1)x, A = {eps}·I, B = I, N = 16, α = 2√μ = {2 / math.sqrt(kappa):.3g}"
         ),
@@ -98,12 +104,7 @@ def linear_problem(kappa: float, seeds: list[int], device="cpu") -> Problem:
         Damping("log", c_log=3.0, t0=1.0),
         lambda x: energy.value(x) / u0,
         x0,
-        [
-            Method("classical Euler", False, "euler", 0.5),
-            Method("classical RK4", False, "rk4", 0.5),
-            Method("accelerated kick-drift", True, "kick_drift", 0.5),
-            Method("accelerated RK4", True, "rk4", 0.5),
-        ],
+        standard_methods(0.5, 0.5),
         description=f"U = −½Σxᵀ V x, V = −diag(1, {1 / kappa:g}), A = I, N = 16, α = 3/t",
     )
 
@@ -135,12 +136,7 @@ def sphere_problem(seeds: list[int], beta: float = 1.0, d: int = 3, device="cpu"
         Damping("constant", alpha=1.0, t0=0.0),
         lambda x: (classical_flow.energy(x) - floor) / (u0 - floor),
         x0,
-        [
-            Method("classical Euler", False, "euler", 0.5),
-            Method("classical RK4", False, "rk4", 0.5),
-            Method("accelerated kick-drift", True, "kick_drift", 0.5),
-            Method("accelerated RK4", True, "rk4", 0.5),
-        ],
+        standard_methods(0.5, 0.5),
         project=project,
         description=f"U = −½Σz_i on S^{d - 1}, A = {beta}·I, B = I, N = 32, α = 1, U* = −½Ne^β",
     )
