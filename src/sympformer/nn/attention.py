@@ -28,7 +28,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sympformer.softmax_ops import softmax_average, softmax_average_with_normaliser, softmax_log_normaliser
+from sympformer.nn.recompute import recomputed
+from sympformer.softmax_ops import (
+    softmax_average,
+    softmax_average_of,
+    softmax_average_with_normaliser,
+    softmax_log_normaliser,
+)
 
 
 class AttentionBase(nn.Module):
@@ -67,12 +73,15 @@ class AttentionBase(nn.Module):
         b, h, n, d = t.shape
         return t.transpose(1, 2).reshape(b, n, h * d)
 
-    def directions(self, u: Tensor) -> tuple[Tensor, Tensor]:
-        """dq = W_Q u and dk = W_K u (weights only: a directional derivative has no bias)."""
+    def directions(self, u: Tensor, need_dq: bool = True) -> tuple[Tensor | None, Tensor]:
+        """dq = W_Q u (None unless ``need_dq``) and dk = W_K u (weights only: a directional derivative
+        has no bias)."""
         n = self.c_attn.out_features // 3
         weight = self.c_attn.weight
-        dq = self.split_heads(F.linear(u, weight[:n])) * self.qk_scale
-        dk = self.split_heads(F.linear(u, weight[n : 2 * n])) * self.qk_scale
+        dq = self.split_heads(F.linear(u, weight[:n])) if need_dq else None
+        dk = self.split_heads(F.linear(u, weight[n : 2 * n]))
+        if self.qk_scale != 1.0:
+            dq, dk = (None if dq is None else dq * self.qk_scale), dk * self.qk_scale
         return dq, dk
 
     def output(self, y: Tensor) -> Tensor:
@@ -124,7 +133,7 @@ class CausalSelfAttention(AttentionBase):
                 scale=self.scale,
             )[..., : sum(widths)]
         else:
-            out = softmax_average(q, k, torch.cat(values, -1), scale=self.scale, causal=True)
+            out = softmax_average_of(q, k, values, scale=self.scale, causal=True)
         self.kernel_calls += 1
         self.evaluations += int(new_softmax)
         return list(out.split(widths, dim=-1))
@@ -191,18 +200,25 @@ class CausalSelfAttention(AttentionBase):
 
     # --- the connection term -------------------------------------------------------------------
 
-    def _connection(self, q, u, dq, k_avg, dk_avg, sw_avg, f_linear) -> Tensor:
-        drift = (self.scale * ((dq * k_avg).sum(-1) + (q * dk_avg).sum(-1))).mean(1)  # (B, T)
-        s = u.square().sum(-1, keepdim=True)
-        return drift.unsqueeze(-1) * u - 0.5 * (s * f_linear + self.output_linear(sw_avg))
+    def _connection(self, q, k_avg, dk_avg, y, sw_avg, u) -> Tensor:
+        """C_i = drift_i u_i − ½ W_O merge(s_i y_i + Σ_j P_ij s_j w_j)  (W_O merge(s_i y_i) = s_i F_i's linear
+        part). The algebra is recomputed in the backward pass (its inputs are kept anyway), dq = W_Q u with it."""
+
+        def connection(q, k_avg, dk_avg, y, sw_avg, u):
+            dq, _ = self.directions(u)
+            drift = (self.scale * ((dq * k_avg).sum(-1) + (q * dk_avg).sum(-1))).mean(1)  # (B, T)
+            s = u.square().sum(-1)
+            return drift.unsqueeze(-1) * u - 0.5 * self.output_linear(s[:, None, :, None] * y + sw_avg)
+
+        return recomputed(connection, q, k_avg, dk_avg, y, sw_avg, u)
 
     def with_connection(self, z: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
         """(F, C(z; u)) for a direction u known before the attention: ONE SDPA call."""
         q, k, w = self.project(z)
-        dq, dk = self.directions(u)
+        _, dk = self.directions(u, need_dq=False)
         s = u.square().sum(-1)[:, None, :, None]
         y, k_avg, dk_avg, sw_avg = self.aggregate(q, k, [w, k, dk, s * w])
-        return self.output(y), self._connection(q, u, dq, k_avg, dk_avg, sw_avg, self.output_linear(y))
+        return self.output(y), self._connection(q, k_avg, dk_avg, y, sw_avg, u)
 
     def then_connection(self, z: Tensor, direction) -> tuple[Tensor, Tensor, Tensor]:
         """(F, u, C(z; u)) for a direction u = direction(F) that needs the attention output (R2):
@@ -211,10 +227,10 @@ class CausalSelfAttention(AttentionBase):
         y, k_avg = self.aggregate(q, k, [w, k])
         out = self.output(y)
         u = direction(out)
-        dq, dk = self.directions(u)
+        _, dk = self.directions(u, need_dq=False)
         s = u.square().sum(-1)[:, None, :, None]
         dk_avg, sw_avg = self.aggregate(q, k, [dk, s * w], new_softmax=False, slot="second")
-        return out, u, self._connection(q, u, dq, k_avg, dk_avg, sw_avg, self.output_linear(y))
+        return out, u, self._connection(q, k_avg, dk_avg, y, sw_avg, u)
 
 
 def connection_reference(attn: CausalSelfAttention, z: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:

@@ -8,6 +8,10 @@ Momentum blocks (notes §2.5–2.6) share one LN_v per block and the MLP half-st
 after an attention half-step that differs per block. W = β₁ v + g₁ F with F the attention output;
 μ, β = sigmoid scalars (init 0.9), γ = softplus (init 1), g = γ + gain floor (1e-6); η = 1, or
 learned per layer as exp(raw) starting at exactly 1.
+
+Memory: the cheap algebra around the LayerNorms (LN_A's look-ahead base, LN_v of a combination,
+LN_M's base) is :func:`recomputed` in the backward pass, so autograd keeps only the streams it
+combines (x, v, F, C, V_a, f), most of which are kept anyway, instead of every intermediate sum.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from torch import Tensor, nn
 from sympformer.nn.attention import CausalSelfAttention
 from sympformer.nn.layers import MLP, ConstrainedScalar, LayerNorm
 from sympformer.nn.linear_attention import PrefixLinearAttention
+from sympformer.nn.recompute import recomputed
 
 
 def make_attention(config) -> nn.Module:
@@ -74,20 +79,25 @@ class MomentumBlock(nn.Module):
         return self.eta() if hasattr(self, "eta") else 1.0
 
     def attention_base(self, x: Tensor, v: Tensor) -> Tensor:
-        return self.ln_a(x + self.mu1() * v) if self.lookahead else self.ln_a(x)
+        if self.lookahead:
+            return recomputed(lambda x, v: self.ln_a(x + self.mu1() * v), x, v)
+        return self.ln_a(x)
 
     def momentum(self, v: Tensor, attention_out: Tensor) -> Tensor:
         """W = β₁ v + g₁ F."""
         return self.beta1() * v + (self.gamma1() + self.gain_floor) * attention_out
 
     def attention_half_step(self, x: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """(x_a − x, V_a): the position increment and the velocity after the attention half-step."""
         raise NotImplementedError
 
     def forward(self, x: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        x_a, v_a = self.attention_half_step(x, v)
-        f = self.mlp(self.ln_m(x_a + self.mu2() * v_a))
-        v_new = self.ln_v(self.beta2() * v_a + (self.gamma2() + self.gain_floor) * f)
-        return x_a + v_new, v_new
+        increment, v_a = self.attention_half_step(x, v)
+        base = recomputed(lambda x, d, v_a: self.ln_m(x + d + self.mu2() * v_a), x, increment, v_a)
+        f = self.mlp(base)
+        gain2 = self.gamma2() + self.gain_floor
+        v_new = recomputed(lambda v_a, f: self.ln_v(self.beta2() * v_a + gain2 * f), v_a, f)
+        return x + increment + v_new, v_new
 
 
 class H0(MomentumBlock):
@@ -97,8 +107,9 @@ class H0(MomentumBlock):
     """
 
     def attention_half_step(self, x, v):
-        v_a = self.ln_v(self.momentum(v, self.attn(self.attention_base(x, v))))
-        return x + v_a, v_a
+        f = self.attn(self.attention_base(x, v))
+        v_a = recomputed(lambda v, f: self.ln_v(self.momentum(v, f)), v, f)
+        return v_a, v_a
 
 
 class Y(H0):
@@ -122,8 +133,8 @@ class H1(MomentumBlock):
 
     def attention_half_step(self, x, v):
         f, c = self.attn.with_connection(self.attention_base(x, v), v)
-        v_a = self.ln_v(self.momentum(v, f) - self.strength() * c)
-        return x + v_a, v_a
+        v_a = recomputed(lambda v, f, c: self.ln_v(self.momentum(v, f) - self.strength() * c), v, f, c)
+        return v_a, v_a
 
 
 class R2(MomentumBlock):
@@ -138,7 +149,8 @@ class R2(MomentumBlock):
     def attention_half_step(self, x, v):
         _, w, c = self.attn.then_connection(self.attention_base(x, v), lambda f: self.momentum(v, f))
         eta = self.strength()
-        return x + self.ln_v(w - 0.5 * eta * c), self.ln_v(w - eta * c)
+        increment = recomputed(lambda w, c: self.ln_v(w - 0.5 * eta * c), w, c)
+        return increment, recomputed(lambda w, c: self.ln_v(w - eta * c), w, c)
 
 
 class H1_LA(H1):
