@@ -42,8 +42,9 @@ def train_step_fn(model, idx, optimizer, precision):
     return step
 
 
-def run(shape: str, device: str, rounds: int, repeats: int, precision: str) -> str:
+def run(shape: str, device: str, rounds: int, repeats: int, precision: str, checkpointing: bool = False) -> str:
     fields, batch, archs, h0 = SHAPES[shape]
+    fields = {**fields, "activation_checkpointing": True} if checkpointing else fields
     base = archs[0]
     generator = torch.Generator().manual_seed(0)
     idx = torch.randint(0, fields["vocab_size"], (batch, fields["block_size"]), generator=generator).to(device)
@@ -74,14 +75,21 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--shapes", default="primary,heavy,linear,v1")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument(
+        "--activation-checkpointing",
+        action="store_true",
+        help="every architecture (the baseline too) with activation_checkpointing: true (the time of the memory lever)",
+    )
     parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
     args = parser.parse_args()
     for shape in args.shapes.split(","):
-        body = run(shape, args.device, args.rounds, args.repeats, args.precision)
+        body = run(shape, args.device, args.rounds, args.repeats, args.precision, args.activation_checkpointing)
         print(body)
         device = args.device.split(":")[0]
-        title = f"Momentum blocks: training-step time, shape `{shape}` ({args.device}, {args.precision})"
-        write_section(args.results, f"blocks-{shape}-{device}-{args.precision}", title, body, args.device)
+        mode = ", activation checkpointing" if args.activation_checkpointing else ""
+        title = f"Momentum blocks: training-step time, shape `{shape}` ({args.device}, {args.precision}{mode})"
+        key = f"blocks-{shape}-{device}-{args.precision}" + ("-ckpt" if args.activation_checkpointing else "")
+        write_section(args.results, key, title, body, args.device)
 
 
 if __name__ == "__main__":

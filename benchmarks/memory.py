@@ -1,7 +1,16 @@
 """Peak training memory of every architecture family against B (target ≤ 1.3× for the momentum
-architectures, DESIGN.md). Each architecture runs three training steps in a fresh process: on CPU the
-peak resident set above the process's own baseline (model built, before the first step), on a GPU
-`torch.cuda.max_memory_allocated`.
+architectures, DESIGN.md). Each architecture runs in a fresh process: one warm-up training step (so
+that the optimiser state exists), then one measured step.
+
+- On CPU, *allocated*: the peak of the bytes held by PyTorch's CPU allocator during the measured step
+  (the profiler's allocation and free events, summed in time order) plus what is held at its start
+  (parameters and AdamW state), the CPU counterpart of `torch.cuda.max_memory_allocated`; free of
+  allocator caching and fragmentation. *RSS*: the process's peak resident set above its own
+  baseline (model built, before the first step), which includes them (noisy, shown for reference).
+- On a GPU, `torch.cuda.max_memory_allocated` over the measured step.
+
+Every architecture is measured twice: as configured by default, and with
+`activation_checkpointing: true` (each block recomputed in the backward pass; B too, for the ratio).
 
     python benchmarks/memory.py [--device cpu] [--shapes primary,heavy,linear,v1]
 """
@@ -21,29 +30,42 @@ from sympformer.benchmarking import markdown_table, write_section  # noqa: E402
 
 CHILD = r"""
 import json, resource, sys, torch
+from torch.profiler import ProfilerActivity, profile
 from sympformer.nn import SympFormerConfig, SympFormerLM
 fields, batch, arch, device = json.loads(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
 model = SympFormerLM(SympFormerConfig(**fields, arch=arch)).to(device)
 optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 idx = torch.randint(0, fields["vocab_size"], (batch, fields["block_size"]), device=device)
-if device.startswith("cuda"):
-    torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(); base = torch.cuda.memory_allocated()
-else:
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-for _ in range(3):
+rss_base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+def step():
     optimizer.zero_grad(set_to_none=True)
     _, loss = model(idx, idx, return_logits=False)
     loss.backward()
     optimizer.step()
+step()
+held = lambda ts: sum(t.untyped_storage().nbytes() for t in ts)
+state = [t for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t)]
+static = held(model.parameters()) + held(state)
 if device.startswith("cuda"):
-    torch.cuda.synchronize(); peak = torch.cuda.max_memory_allocated() - base
+    torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
+    step(); torch.cuda.synchronize()
+    allocated = torch.cuda.max_memory_allocated()
 else:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
-print(json.dumps({"peak_mb": peak / 2**20}))
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
+    now = top = 0
+    for _, nbytes in events:
+        now += nbytes
+        top = max(top, now)
+    allocated = static + top
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_base
+print(json.dumps({"allocated_mb": allocated / 2**20, "rss_mb": rss / 2**20}))
 """
 
 
-def measure(fields: dict, batch: int, arch: str, device: str) -> float | None:
+def measure(fields: dict, batch: int, arch: str, device: str) -> dict | None:
+    """{"allocated_mb", "rss_mb"} of one architecture (fields may set activation_checkpointing)."""
     result = subprocess.run(
         [sys.executable, "-c", CHILD, json.dumps(fields), str(batch), arch, device],
         capture_output=True,
@@ -53,7 +75,7 @@ def measure(fields: dict, batch: int, arch: str, device: str) -> float | None:
     if result.returncode != 0:
         print(result.stderr[-2000:], file=sys.stderr)
         return None
-    return json.loads(result.stdout.strip().splitlines()[-1])["peak_mb"]
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -67,17 +89,30 @@ def main() -> None:
     sections = []
     for shape in args.shapes.split(","):
         fields, batch, archs, _ = SHAPES[shape]
-        peaks = {arch: measure(fields, batch, arch, args.device) for arch in archs}
-        base = peaks[archs[0]]
+        plain = {arch: measure(fields, batch, arch, args.device) for arch in archs}
+        recomputing = {
+            arch: measure({**fields, "activation_checkpointing": True}, batch, arch, args.device) for arch in archs
+        }
+
+        def cells(m: dict | None, base: dict | None, key: str = "allocated_mb") -> list[str]:
+            if m is None:
+                return ["failed", "—"]
+            return [f"{m[key]:,.1f}", f"{m[key] / base[key]:.2f}" if base else "—"]
+
+        b = archs[0]
         rows = [
-            [arch, "failed" if mb is None else f"{mb:,.1f}", "—" if mb is None or not base else f"{mb / base:.2f}"]
-            for arch, mb in peaks.items()
+            [
+                arch,
+                *cells(plain[arch], plain[b]),
+                *cells(plain[arch], plain[b], "rss_mb"),
+                *cells(recomputing[arch], recomputing[b]),
+                cells(recomputing[arch], plain[b])[1],
+            ]
+            for arch in archs
         ]
-        text = (
-            f"### shape `{shape}`: {fields}, batch {batch}\n\n"
-            + markdown_table(["arch", "peak training memory (MiB)", f"× {archs[0]}"], rows)
-            + "\n"
-        )
+        header = ["arch", "allocated peak (MiB)", f"× {b}", "RSS peak (MiB)", f"× {b}"]
+        header += ["checkpointed: allocated (MiB)", f"× checkpointed {b}", f"× plain {b}"]
+        text = f"### shape `{shape}`: {fields}, batch {batch}\n\n" + markdown_table(header, rows) + "\n"
         print(text, flush=True)
         sections.append(text)
     device = args.device.split(":")[0]

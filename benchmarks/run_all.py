@@ -29,6 +29,16 @@ def main() -> int:
     rounds = ["--rounds", "3" if args.quick else "7"]
     jobs = [
         ["blocks_step_time.py", *device, *rounds, "--repeats", "1" if args.quick else "2"],
+        [
+            "blocks_step_time.py",
+            *device,
+            *rounds,
+            "--repeats",
+            "1",
+            "--shapes",
+            "heavy,v1",
+            "--activation-checkpointing",
+        ],
         ["memory.py", *device],
         ["compile.py", *device, "--rounds", "3" if args.quick else "5"],
         ["particles_scale.py", "--sizes", "1000,10000" if args.quick else "1000,10000,100000"],

@@ -38,6 +38,9 @@ class SympFormerConfig:
     gain_floor: added to every softplus gain γ (v4: 1e-6).
     linear_chunk: chunk length of the prefix-linear attention (a speed knob: results agree to rounding;
         v4 used 512, 128 is faster on CPU).
+    activation_checkpointing: keep only each block's inputs for the backward pass and recompute the block
+        there (one more forward per step, results bitwise unchanged on CPU): the memory lever for long
+        contexts and for the multi-call v1 schemes (benchmarks/RESULTS.md gives the trade).
     """
 
     vocab_size: int = 256
@@ -52,6 +55,7 @@ class SympFormerConfig:
     connection_strength: str = "fixed"
     gain_floor: float = 1e-6
     linear_chunk: int = 128
+    activation_checkpointing: bool = False
     v1_h0: float = 0.3
     v1_t0: float = 1.0
     v1_damping: str = "loglin"
@@ -71,8 +75,9 @@ class SympFormerConfig:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        if not isinstance(self.bias, bool):
-            raise ValueError(f"bias must be true or false, got {self.bias!r}")
+        for name in ("bias", "activation_checkpointing", "v1_learn_damping", "v1_lookahead"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if not 0.0 <= float(self.dropout) < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
         if not float(self.gain_floor) >= 0:

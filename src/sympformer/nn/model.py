@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from sympformer.nn.blocks import BLOCKS
 from sympformer.nn.config import SympFormerConfig
@@ -116,8 +117,9 @@ class SympFormerLM(nn.Module):
             block.attn.reset_counters()
         if self.config.is_v1:
             v = V1State(v, None, None, float(self.config.v1_t0))
+        recompute = self.config.activation_checkpointing and torch.is_grad_enabled()
         for block in self.blocks:
-            x, v = block(x, v)
+            x, v = checkpoint(block, x, v, use_reentrant=False) if recompute else block(x, v)
         return x
 
     def forward_embedded(self, x: Tensor, v: Tensor | None) -> Tensor:

@@ -48,6 +48,7 @@ from sympformer.integrators import (
     KickDrift,
 )
 from sympformer.nn.layers import MLP, ConstrainedScalar, LayerNorm
+from sympformer.nn.recompute import recomputed
 from sympformer.nn.v1_oracles import CausalPrefixForce, GlobalHamiltonianForce, PrefixLinearForce
 
 SCHEMES = {
@@ -152,7 +153,9 @@ class V1Block(nn.Module):
             v_attn = (x - x_before) / h_x
             return x + self.gamma() * self.mlp(self.ln_m(x + self.mu() * v_attn)), v
         v = torch.zeros_like(x) if v is None else v
-        v = self.ln_v(self.beta() * v + self.gamma() * self.mlp(self.ln_m(x + self.mu() * v)))
+        base = recomputed(lambda x, v: self.ln_m(x + self.mu() * v), x, v)  # (algebra recomputed in backward)
+        f = self.mlp(base)
+        v = recomputed(lambda v, f: self.ln_v(self.beta() * v + self.gamma() * f), v, f)
         return x + v, v
 
     def forward(self, x: Tensor, state: V1State) -> tuple[Tensor, V1State]:
