@@ -1,7 +1,11 @@
 """torch.profiler tables of one training step, for the shapes where a DESIGN.md target does not hold:
-what dominates the step, operator by operator.
+what dominates the step, operator by operator, and a lower bound for each ratio.
 
-    python benchmarks/profile_steps.py [--cases heavy:H0,heavy:H1,linear:H0_L,linear:R2_L,v1:B,v1:v1_pe,heavy:B]
+The bound: an architecture needs at least the reference's step plus its *extra* matrix-product and
+attention-kernel time (aten mm/bmm, the fused attention forward and backward, the LU solves), as if
+every other operator it adds (elementwise algebra, copies, LayerNorms) were free.
+
+    python benchmarks/profile_steps.py [--cases heavy:B,heavy:H0,heavy:H1,...]
 """
 
 from __future__ import annotations
@@ -19,8 +23,26 @@ from blocks_step_time import SHAPES  # noqa: E402
 from sympformer.benchmarking import markdown_table, write_section  # noqa: E402
 from sympformer.nn import SympFormerConfig, SympFormerLM  # noqa: E402
 
+KERNELS = (
+    "aten::mm",
+    "aten::bmm",
+    "aten::addmm",
+    "aten::_scaled_dot_product_flash_attention_for_cpu",
+    "aten::_scaled_dot_product_flash_attention_for_cpu_backward",
+    "aten::linalg_lu_factor_ex",
+    "aten::linalg_lu_solve",
+)
+BOUNDS = [  # (case, reference case): ratios with a DESIGN.md target
+    ("heavy:H1", "heavy:H0"),
+    ("linear:R2_L", "linear:H0_L"),
+    ("v1:v1_fe", "v1:B"),
+    ("v1:v1_pe", "v1:B"),
+    ("v1:v1_doubling", "v1:B"),
+]
 
-def profile_case(shape: str, arch: str, rows: int) -> str:
+
+def profile_case(shape: str, arch: str, rows: int) -> tuple[str, float, float]:
+    """(markdown table, operator ms, matrix-product and attention-kernel ms) of one training step."""
     fields, batch, _, _ = SHAPES[shape]
     model = SympFormerLM(SympFormerConfig(**fields, arch=arch))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -40,15 +62,35 @@ def profile_case(shape: str, arch: str, rows: int) -> str:
         step()
     events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
     total = sum(e.self_cpu_time_total for e in events)
+    kernels = sum(e.self_cpu_time_total for e in events if e.key in KERNELS)
     table = [
         [e.key[:60], f"{e.self_cpu_time_total / 1e3:.1f}", f"{100 * e.self_cpu_time_total / total:.1f} %", e.count]
         for e in events[:rows]
     ]
-    return (
+    text = (
         f"#### `{arch}` at shape `{shape}` ({total / 1e3:.0f} ms of operator time)\n\n"
         + markdown_table(["operator", "self ms", "share", "calls"], table)
         + "\n"
     )
+    return text, total / 1e3, kernels / 1e3
+
+
+def bounds_table(totals: dict[str, tuple[float, float]]) -> str:
+    rows = []
+    for case, reference in BOUNDS:
+        if case in totals and reference in totals:
+            (total, kernels), (ref_total, ref_kernels) = totals[case], totals[reference]
+            bound = ref_total + kernels - ref_kernels
+            rows.append(
+                [
+                    f"{case} vs {reference}",
+                    f"{total / ref_total:.2f}",
+                    f"{kernels:.0f} vs {ref_kernels:.0f}",
+                    f"{bound / ref_total:.2f}",
+                ]
+            )
+    header = ["ratio", "measured (operator time)", "kernel ms (mm, bmm, attention, LU)", "lower bound"]
+    return "#### Lower bounds from the profiles\n\n" + markdown_table(header, rows) + "\n"
 
 
 def saved_activations(shape: str, archs: list[str]) -> str:
@@ -81,11 +123,17 @@ def saved_activations(shape: str, archs: list[str]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cases", default="heavy:H0,heavy:H1,linear:H0_L,linear:R2_L,v1:B,v1:v1_pe,heavy:B")
+    default = sorted({case for pair in BOUNDS for case in pair} | {"heavy:B"})
+    parser.add_argument("--cases", default=",".join(default))
     parser.add_argument("--rows", type=int, default=8)
     parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
     args = parser.parse_args()
-    body = "\n".join(profile_case(*case.split(":"), args.rows) for case in args.cases.split(","))
+    tables, totals = [], {}
+    for case in args.cases.split(","):
+        text, total, kernels = profile_case(*case.split(":"), args.rows)
+        tables.append(text)
+        totals[case] = (total, kernels)
+    body = bounds_table(totals) + "\n" + "\n".join(tables)
     body += "\n" + saved_activations("heavy", ["B", "H0", "Y", "H1", "R2"])
     print(body)
     write_section(args.results, "profiles-cpu", "Profiles of one training step (CPU)", body)

@@ -35,6 +35,7 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from sympformer.integrators import (
     AdamsBashforth2,
@@ -71,6 +72,10 @@ MLP_VARIANTS = ("nesterov", "attn_vel", "plain", "none")
 LNP_MODES = ("end", "none")
 
 
+def _no_velocity_map(p_new: Tensor) -> Tensor:
+    raise RuntimeError("the multi-call schemes drift with the oracle's velocity, not with its velocity map")
+
+
 class V1State(NamedTuple):
     """What flows between v1 blocks beside X: momentum, MLP velocity, multistep memory, layer time."""
 
@@ -93,6 +98,9 @@ class V1Block(nn.Module):
         else:
             self.scheme = SCHEMES[scheme_name]
         self.need_force = not (last and scheme_name in OLD_MOMENTUM_DRIFT)
+        # under activation checkpointing, the four oracle calls of a multi-call layer are recomputed one
+        # by one too, so that the block's recomputation never holds all four calls' activations
+        self.recompute_calls = config.activation_checkpointing and scheme_name in MULTI_CALL
         n, bias = config.n_embd, config.bias
         self.ln_x = LayerNorm(n, bias)
         if oracle_kind == "softmax":
@@ -137,8 +145,15 @@ class V1Block(nn.Module):
     def oracle(self, ratio: Tensor):
         """The learned oracle in the integrator contract, velocity scaled by h_X / h_P."""
 
+        def velocity_and_force(base: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
+            ev = self.attn.evaluate(self.ln_x(base), p, self.need_force)
+            return ev.velocity, ev.force
+
         def evaluate(x: Tensor, p: Tensor) -> Evaluation:
             base = x + self.mu_la() * p if hasattr(self, "mu_la") else x
+            if self.recompute_calls and torch.is_grad_enabled():
+                velocity, force = checkpoint(velocity_and_force, base, p, use_reentrant=False)
+                return Evaluation(ratio * velocity, force, _no_velocity_map)
             ev = self.attn.evaluate(self.ln_x(base), p, self.need_force)
             return Evaluation(ratio * ev.velocity, ev.force, lambda p_new: ratio * ev.velocity_map(p_new))
 
