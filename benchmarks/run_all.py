@@ -2,10 +2,11 @@
 
     python benchmarks/run_all.py [--device cpu|cuda] [--quick]
 
-Order: block step times (every architecture family, two softmax shapes, the linear and v1 shapes),
-peak memory, B against transformers' GPT-2, torch.compile on/off, the particle-lab scale, and
-profiles of the steps whose targets do not hold. About
-15 minutes on 2 CPU cores; --quick runs fewer rounds and the smaller particle sizes.
+Order: block step times (every architecture family, two softmax shapes, the linear and v1 shapes;
+then the heavy and v1 shapes with activation checkpointing), peak memory (both modes), B against
+transformers' GPT-2, torch.compile on/off (primary and v1 shapes), the particle-lab scale, and
+profiles of the steps whose targets do not hold, with lower bounds. About 25 minutes on 2 CPU
+cores; --quick runs fewer rounds and the smaller particle sizes.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ def main() -> int:
         ],
         ["memory.py", *device],
         ["compile.py", *device, "--rounds", "3" if args.quick else "5"],
+        ["compile.py", *device, "--rounds", "3", "--shape", "v1", "--archs", "B,v1_fe,v1_pe"],
         ["particles_scale.py", "--sizes", "1000,10000" if args.quick else "1000,10000,100000"],
         ["profile_steps.py"],
     ]

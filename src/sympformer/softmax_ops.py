@@ -89,7 +89,12 @@ def softmax_average_of(
         # like SDPA under autocast, compute in the autocast dtype (else in q's dtype)
         dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else q.dtype
         q4, k4, pieces4 = q4.to(dtype), k4.to(dtype), [v.to(dtype) for v in pieces4]
-        out = _CPUFlashAverage.apply(q4, k4, scale, causal, *pieces4)
+        # a tensor passed twice (H1 averages its keys) goes in once more as a view: torch.compile
+        # cannot trace an autograd.Function given the same tensor twice
+        inputs = [q4, k4]
+        for v in pieces4:
+            inputs.append(v.view_as(v) if any(v is seen for seen in inputs) else v)
+        out = _CPUFlashAverage.apply(inputs[0], inputs[1], scale, causal, *inputs[2:])
     else:
         full = max(q.shape[-1], width)
         values = torch.cat(pieces4, -1) if len(pieces4) > 1 else pieces4[0]

@@ -281,3 +281,31 @@ def test_activation_checkpointing_changes_no_bit_and_keeps_only_block_inputs(arc
 def test_activation_checkpointing_must_be_a_boolean():
     with pytest.raises(ValueError, match="activation_checkpointing must be true or false"):
         SympFormerConfig(**TINY, activation_checkpointing="yes")
+
+
+@pytest.mark.parametrize(
+    ("arch", "overrides"),
+    [("B", {}), ("H1", {}), ("R2_LA", {"activation_checkpointing": True}), ("R2_L", {}), ("v1_pe", {})]
+    + [("v1_ab2", {}), ("v1_strang", {"activation_checkpointing": True}), ("v1_lin_etd_ab2", {})],
+)
+def test_forward_traces_for_torch_compile_without_graph_breaks(arch, overrides):
+    """A graph break inside the block loop makes torch.compile fall back to eager for the whole loop."""
+    model = SympFormerLM(SympFormerConfig(**{**TINY, **overrides, "arch": arch}))
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(model)(tokens(), tokens())
+    assert explanation.graph_break_count == 0, [str(reason.reason)[:200] for reason in explanation.break_reasons]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["H1", "R2_L", "v1_strang"])
+def test_compiled_training_step_matches_eager(arch):
+    config = SympFormerConfig(**{**TINY, "arch": arch, "activation_checkpointing": arch != "R2_L"})
+    eager, compiled = SympFormerLM(config), SympFormerLM(config)
+    idx = tokens()
+    _, eager_loss = eager(idx, idx)
+    eager_loss.backward()
+    _, compiled_loss = torch.compile(compiled)(idx, idx)
+    compiled_loss.backward()
+    torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-5, atol=1e-6)
+    for (name, a), b in zip(eager.named_parameters(), compiled.parameters(), strict=True):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=name)

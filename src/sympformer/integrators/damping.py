@@ -68,7 +68,7 @@ class Damping:
             return _tensor(self.alpha, t) * (t - self.t0)
         eta = zero
         if self.mode in ("log", "loglin"):
-            if bool((t <= 0).any()):
+            if not torch.compiler.is_compiling() and bool((t <= 0).any()):
                 raise ValueError(f"log damping is defined for t > 0 only (got t={t.min().item()})")
             eta = eta + _tensor(self.c_log, t) * torch.log(t / self.t0)
         if self.mode in ("linear", "loglin"):

@@ -37,14 +37,27 @@ from sympformer.softmax_ops import (
 )
 
 
-class AttentionBase(nn.Module):
-    """What every attention kind shares: W_QKV (``c_attn``), W_O (``c_proj``), the head split and merge,
-    directional projections, the counters and the generation cache (``cache``: None, or a dict).
+class CallCounter:
+    """``evaluations`` (attention evaluations: distinct softmax distributions or Gram evaluations, the
+    paper's oracle calls) and ``kernel_calls`` (kernel passes) since the last :meth:`reset_counters`.
+    Nothing is counted while torch.compile traces (a counter bumped inside a checkpointed region
+    would break the graph); read the counters after an eager forward."""
 
-    ``evaluations`` counts the attention evaluations (distinct softmax distributions or Gram
-    evaluations, the paper's oracle calls) and ``kernel_calls`` the kernel passes since the last
-    :meth:`reset_counters`. ``qk_scale`` multiplies q, k and their directions (1 for softmax
-    attention, whose score scale is separate; r^{-1/4} for the linear attention)."""
+    def reset_counters(self) -> None:
+        self.evaluations = 0
+        self.kernel_calls = 0
+
+    def count(self, evaluations: int = 0, kernel_calls: int = 0) -> None:
+        if not torch.compiler.is_compiling():
+            self.evaluations += evaluations
+            self.kernel_calls += kernel_calls
+
+
+class AttentionBase(CallCounter, nn.Module):
+    """What every attention kind shares: W_QKV (``c_attn``), W_O (``c_proj``), the head split and merge,
+    directional projections, the counters (:class:`CallCounter`) and the generation cache (``cache``:
+    None, or a dict). ``qk_scale`` multiplies q, k and their directions (1 for softmax attention,
+    whose score scale is separate; r^{-1/4} for the linear attention)."""
 
     qk_scale = 1.0
 
@@ -59,10 +72,6 @@ class AttentionBase(nn.Module):
         self.resid_dropout = nn.Dropout(dropout)
         self.cache: dict[str, Tensor] | None = None
         self.reset_counters()
-
-    def reset_counters(self) -> None:
-        self.evaluations = 0
-        self.kernel_calls = 0
 
     def split_heads(self, t: Tensor) -> Tensor:
         b, n, c = t.shape
@@ -101,8 +110,14 @@ class CausalSelfAttention(AttentionBase):
         appended to it (the scores use every cached key)."""
         q, k, w = self.c_attn(z).split(self.c_attn.out_features // 3, dim=-1)
         q, k, w = self.split_heads(q), self.split_heads(k), self.split_heads(w)
-        self._keys = k if self.cache is None else self._extend("keys", k)
+        if self.cache is not None:
+            self._extend("keys", k)
         return q, k, w
+
+    def keys_seen(self, k: Tensor) -> Tensor:
+        """Every key the new queries score against: the cached keys (the new ones appended) with a
+        cache, else the new keys ``k`` themselves."""
+        return k if self.cache is None else self.cache["keys"]
 
     def _extend(self, slot: str, new: Tensor) -> Tensor:
         old = self.cache.get(slot)
@@ -120,7 +135,7 @@ class CausalSelfAttention(AttentionBase):
         names the value group in the generation cache)."""
         widths = [v.shape[-1] for v in values]
         if self.cache is not None:
-            return self._aggregate_cached(q, torch.cat(values, -1), widths, new_softmax, slot)
+            return self._aggregate_cached(q, k, torch.cat(values, -1), widths, new_softmax, slot)
         if self.training and self.dropout > 0:
             width = max(q.shape[-1], sum(widths))
             pad = lambda t: F.pad(t, (0, width - t.shape[-1]))
@@ -134,63 +149,62 @@ class CausalSelfAttention(AttentionBase):
             )[..., : sum(widths)]
         else:
             out = softmax_average_of(q, k, values, scale=self.scale, causal=True)
-        self.kernel_calls += 1
-        self.evaluations += int(new_softmax)
+        self.count(evaluations=int(new_softmax), kernel_calls=1)
         return list(out.split(widths, dim=-1))
 
     def _cached_mask(self, n_new: int) -> Tensor | None:
         """With a cache, new query i sits at absolute position total − new + i and sees the keys up to
         it; a single new query sees them all (no mask)."""
-        total = self._keys.shape[-2]
+        keys = self.cache["keys"]
+        total = keys.shape[-2]
         if n_new == 1:
             return None
-        rows = torch.arange(total - n_new, total, device=self._keys.device).unsqueeze(-1)
-        return torch.arange(total, device=self._keys.device) <= rows
+        rows = torch.arange(total - n_new, total, device=keys.device).unsqueeze(-1)
+        return torch.arange(total, device=keys.device) <= rows
 
     def positions(self, n_new: int, like: Tensor) -> Tensor:
         """1-based absolute positions i of the newest ``n_new`` queries (the prefix counts)."""
-        total = self._keys.shape[-2]
+        total = n_new if self.cache is None else self.cache["keys"].shape[-2]
         return torch.arange(total - n_new + 1, total + 1, device=like.device, dtype=like.dtype)
 
-    def aggregate_with_normaliser(self, q: Tensor, values: list[Tensor], centre: Tensor, slot: str = "values"):
+    def aggregate_with_normaliser(
+        self, q: Tensor, k: Tensor, values: list[Tensor], centre: Tensor, slot: str = "values"
+    ) -> tuple[list[Tensor], Tensor]:
         """(Σ_j P_ij v_j for every v, L_i = log Σ_{j≤i} e^{scale q_i·k_j}) from ONE SDPA call with a sentinel
         key scored ``centre`` (see :func:`softmax_average_with_normaliser`); one attention evaluation."""
         widths = [v.shape[-1] for v in values]
         joined = torch.cat(values, -1)
-        self.kernel_calls += 1
-        self.evaluations += 1
+        self.count(evaluations=1, kernel_calls=1)
         if self.cache is None:
-            out, log_norm = softmax_average_with_normaliser(
-                q, self._keys, joined, centre, scale=self.scale, causal=True
-            )
+            out, log_norm = softmax_average_with_normaliser(q, k, joined, centre, scale=self.scale, causal=True)
         else:
             joined = self._extend(slot, joined)
             out, log_norm = softmax_average_with_normaliser(
-                q, self._keys, joined, centre, scale=self.scale, mask=self._cached_mask(q.shape[-2])
+                q, self.keys_seen(k), joined, centre, scale=self.scale, mask=self._cached_mask(q.shape[-2])
             )
         return list(out.split(widths, dim=-1)), log_norm
 
-    def expected_score(self, q: Tensor) -> Tensor:
+    def expected_score(self, q: Tensor, k: Tensor) -> Tensor:
         """E_P[scale q_i·k_j] = scale q_i·Σ_j P_ij k_j over every key seen so far (cache included): the
         values are the keys themselves, so no value group needs caching."""
         mask = None if self.cache is None else self._cached_mask(q.shape[-2])
-        average = softmax_average(q, self._keys, self._keys, scale=self.scale, causal=self.cache is None, mask=mask)
-        self.kernel_calls += 1
+        keys = self.keys_seen(k)
+        average = softmax_average(q, keys, keys, scale=self.scale, causal=self.cache is None, mask=mask)
+        self.count(kernel_calls=1)
         return self.scale * (q * average).sum(-1)
 
-    def log_normaliser(self, q: Tensor, expected_score: Tensor) -> Tensor:
+    def log_normaliser(self, q: Tensor, k: Tensor, expected_score: Tensor) -> Tensor:
         """L_i = log Σ_{j≤i} exp(scale q_i·k_j) over every key seen so far (cache included)."""
-        self.kernel_calls += 1  # the sentinel call (same softmax: no new evaluation)
+        self.count(kernel_calls=1)  # the sentinel call (same softmax: no new evaluation)
         if self.cache is None:
-            return softmax_log_normaliser(q, self._keys, scale=self.scale, causal=True, expected_score=expected_score)
+            return softmax_log_normaliser(q, k, scale=self.scale, causal=True, expected_score=expected_score)
         mask = self._cached_mask(q.shape[-2])
-        return softmax_log_normaliser(q, self._keys, scale=self.scale, expected_score=expected_score, mask=mask)
+        return softmax_log_normaliser(q, self.keys_seen(k), scale=self.scale, expected_score=expected_score, mask=mask)
 
-    def _aggregate_cached(self, q, values, widths, new_softmax, slot):
-        keys, values = self._keys, self._extend(slot, values)
+    def _aggregate_cached(self, q, k, values, widths, new_softmax, slot):
+        keys, values = self.keys_seen(k), self._extend(slot, values)
         out = softmax_average(q, keys, values, scale=self.scale, mask=self._cached_mask(q.shape[-2]))
-        self.kernel_calls += 1
-        self.evaluations += int(new_softmax)
+        self.count(evaluations=int(new_softmax), kernel_calls=1)
         return list(out.split(widths, dim=-1))
 
     def forward(self, z: Tensor) -> Tensor:

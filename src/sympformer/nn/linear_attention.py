@@ -126,8 +126,7 @@ class PrefixLinearAttention(AttentionBase):
         """(1/i) Σ_{j≤i} (q_i·k_j) w_j, continuing the cached prefix state."""
         out, state = prefix_linear(q, k, w, self.chunk, self._state("kw"))
         self._keep("kw", state)
-        self.evaluations += 1
-        self.kernel_calls += 1
+        self.count(evaluations=1, kernel_calls=1)
         return out / self._positions(q.shape[-2], out)
 
     def _finish(self, length: int) -> None:
@@ -153,7 +152,7 @@ class PrefixLinearAttention(AttentionBase):
         def prefix(name, query, key, value):
             out, state = prefix_linear(query, key, value, self.chunk, self._state(name))
             self._keep(name, state)
-            self.kernel_calls += 1
+            self.count(kernel_calls=1)
             return out
 
         # c_i = G_KK dq_i + G_dKKᵀ q_i = Σ_{j≤i} k_j (k_j·dq_i + dk_j·q_i): one pass, query [dq, q], key [k, dk]

@@ -116,7 +116,7 @@ class SympFormerLM(nn.Module):
         for block in self.blocks:
             block.attn.reset_counters()
         if self.config.is_v1:
-            v = V1State(v, None, None, float(self.config.v1_t0))
+            v = V1State(v, None, None, x.new_tensor(float(self.config.v1_t0)))  # layer time: a detached 0-d tensor
         recompute = self.config.activation_checkpointing and torch.is_grad_enabled()
         for block in self.blocks:
             x, v = checkpoint(block, x, v, use_reentrant=False) if recompute else block(x, v)

@@ -82,7 +82,7 @@ class V1State(NamedTuple):
     p: Tensor
     mlp_v: Tensor | None
     memory: Any
-    t: float
+    t: Tensor  # the layer time, detached (0-d)
 
 
 class V1Block(nn.Module):
@@ -151,7 +151,8 @@ class V1Block(nn.Module):
 
         def evaluate(x: Tensor, p: Tensor) -> Evaluation:
             base = x + self.mu_la() * p if hasattr(self, "mu_la") else x
-            if self.recompute_calls and torch.is_grad_enabled():
+            # (not under torch.compile, which cannot yet nest this checkpoint inside the block's)
+            if self.recompute_calls and torch.is_grad_enabled() and not torch.compiler.is_compiling():
                 velocity, force = checkpoint(velocity_and_force, base, p, use_reentrant=False)
                 return Evaluation(ratio * velocity, force, _no_velocity_map)
             ev = self.attn.evaluate(self.ln_x(base), p, self.need_force)
@@ -183,4 +184,4 @@ class V1Block(nn.Module):
         if isinstance(self.attn, PrefixLinearForce):
             self.attn.commit(x.shape[1])
         x_out, mlp_v = self.mlp_substep(x, x_new, h_x, state.mlp_v)
-        return x_out, V1State(p_new, mlp_v, memory, state.t + float(h_p.detach()))
+        return x_out, V1State(p_new, mlp_v, memory, state.t + h_p.detach())

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from sympformer.integrators.oracle import Evaluation
-from sympformer.nn.attention import CausalSelfAttention
+from sympformer.nn.attention import CallCounter, CausalSelfAttention
 from sympformer.nn.linear_attention import prefix_linear
 
 
@@ -43,11 +43,13 @@ class CausalPrefixForce(CausalSelfAttention):
         q, k, w = self.project(x)
         # one SDPA call gives Σ_j P_ij w_j and log Σ_{j≤i} E_ij; the sentinel is centred on the diagonal
         # score s_ii (always visible, L_i ≥ s_ii); if a row's mass sits ≳ 80 nats above its diagonal (float32
-        # underflow), that layer falls back to the entropy-bounded centre (one more call)
+        # underflow), that layer falls back to the entropy-bounded centre (one more call). Under
+        # torch.compile the check is skipped (a data-dependent branch would break the graph): such a
+        # layer gives a non-finite loss, which stops training with the last good checkpoint kept
         diagonal = self.scale * (q * k).sum(-1)
-        (w_avg,), log_norm = self.aggregate_with_normaliser(q, [w], diagonal)
-        if not bool(torch.isfinite(log_norm).all()):
-            log_norm = self.log_normaliser(q, self.expected_score(q))
+        (w_avg,), log_norm = self.aggregate_with_normaliser(q, k, [w], diagonal)
+        if not torch.compiler.is_compiling() and not bool(torch.isfinite(log_norm).all()):
+            log_norm = self.log_normaliser(q, k, self.expected_score(q, k))
         log_z = (log_norm - torch.log(self.positions(q.shape[-2], log_norm))).squeeze(1)  # (B, T)
         inv_z = torch.exp(-log_z).unsqueeze(-1)
         bp = p @ self.b_theta.T
@@ -62,7 +64,7 @@ class CausalPrefixForce(CausalSelfAttention):
         return Evaluation(bp * inv_z, self.output(inner), velocity_map)
 
 
-class PrefixLinearForce(nn.Module):
+class PrefixLinearForce(CallCounter, nn.Module):
     """The v1 linear oracle with prefix normalisation (module docstring); one Gram evaluation per call."""
 
     def __init__(self, n_embd: int, chunk: int) -> None:
@@ -73,16 +75,12 @@ class PrefixLinearForce(nn.Module):
         self.cache: dict[str, Tensor] | None = None
         self.reset_counters()
 
-    def reset_counters(self) -> None:
-        self.evaluations = 0
-        self.kernel_calls = 0
-
     def _prefix(self, slot: str, query: Tensor, key: Tensor, value: Tensor) -> Tensor:
         state = None if self.cache is None else self.cache.get(slot)
         out, final = prefix_linear(query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1), self.chunk, state)
         if self.cache is not None:
             self.cache[slot + ".next"] = final
-        self.kernel_calls += 1
+        self.count(kernel_calls=1)
         return out.squeeze(1)
 
     def commit(self, length: int) -> None:
@@ -96,7 +94,7 @@ class PrefixLinearForce(nn.Module):
         start = 0 if self.cache is None else int(self.cache.get("count", 0))
         count = torch.arange(start + 1, start + x.shape[1] + 1, device=x.device, dtype=x.dtype).unsqueeze(-1)
         ax = self.c_A(x)
-        self.evaluations += 1
+        self.count(evaluations=1)
         velocity_map = lambda p_new, slot="p_new": self._prefix(slot, ax, x, p_new) / count
         velocity = velocity_map(p, "p")
         if not need_force:
@@ -124,8 +122,7 @@ class GlobalHamiltonianForce(CausalSelfAttention):
         return (0.5 * (bp * p).sum(-1) / z).sum() - 0.5 * energy.sum(), z
 
     def evaluate(self, x: Tensor, p: Tensor, need_force: bool = True) -> Evaluation:
-        self.evaluations += 1
-        self.kernel_calls += 1
+        self.count(evaluations=1, kernel_calls=1)
         build_graph = torch.is_grad_enabled() and x.requires_grad  # training backpropagates through G
         with torch.enable_grad():
             x_in = x if build_graph else x.detach().requires_grad_(True)
