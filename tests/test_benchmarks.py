@@ -1,0 +1,41 @@
+"""The benchmark harness: coverage of the architectures, interleaving, and RESULTS.md sections."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from sympformer.benchmarking import interleaved_times, write_section
+from sympformer.nn import CAUSAL_ARCHS
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+
+def test_every_causal_architecture_has_a_step_time_shape():
+    from blocks_step_time import SHAPES
+
+    benchmarked = {arch for _, _, archs, _ in SHAPES.values() for arch in archs}
+    assert set(CAUSAL_ARCHS) <= benchmarked
+    for _, _, archs, reference in SHAPES.values():
+        assert reference in archs
+
+
+def test_interleaving_rotates_the_order_every_round():
+    calls: list[str] = []
+    contenders = {name: (lambda name=name: calls.append(name)) for name in "abc"}
+    times = interleaved_times(contenders, rounds=3, repeats=2, warmup=1)
+    assert {name: len(values) for name, values in times.items()} == {"a": 3, "b": 3, "c": 3}
+    measured = calls[3:]  # after one warm-up call each
+    assert measured == list("aabbcc") + list("bbccaa") + list("ccaabb")
+
+
+def test_sections_are_replaced_in_place_and_others_kept(tmp_path):
+    results = tmp_path / "RESULTS.md"
+    write_section(results, "one", "First", "figures 1")
+    write_section(results, "two", "Second", "figures 2")
+    write_section(results, "one", "First", "figures 1, rerun")
+    text = results.read_text()
+    assert text.count("<!-- section:one -->") == 1 and text.count("<!-- section:two -->") == 1
+    assert "figures 1, rerun" in text and "figures 1\n" not in text and "figures 2" in text
+    assert text.index("section:one") < text.index("section:two")  # the rerun kept its place
+    assert "- machine:" in text and "- command:" in text and "date 20" in text
