@@ -90,29 +90,31 @@ def test_linear_architectures_have_the_softmax_parameter_counts():
         assert softmax == linear
 
 
-def test_ridge_solves_equal_two_dense_solves_with_gradients():
-    """One LU factorisation for X₁ = A⁻¹[c, m] and X₂ = A⁻¹ swap(X₁), with the hand-written backward,
-    against torch.linalg.solve (values) and finite differences (gradcheck), A symmetric positive."""
-    from sympformer.nn.linear_attention import _RidgeSolves, prefix_gram
+@pytest.mark.parametrize("with_state", [False, True])
+def test_ridge_proxy_solves_equal_dense_solves_with_gradients(with_state):
+    """Prefix Grams, one LU factorisation for X₁ = A⁻¹[c, m] and X₂ = A⁻¹ swap(X₁), and the backward pass
+    through a reverse prefix-linear pass: against explicit Grams with torch.linalg.solve (values and
+    gradients, float64) and finite differences (gradcheck)."""
+    from sympformer.nn.linear_attention import _RidgeProxySolves
 
     g = torch.Generator().manual_seed(4)
     kq = torch.randn(2, 3, 6, 2, 4, generator=g, dtype=torch.float64, requires_grad=True)
     rhs = torch.randn(2, 3, 6, 2, 4, generator=g, dtype=torch.float64, requires_grad=True)
-    systems = lambda kq: prefix_gram(kq, kq) + 0.1 * torch.eye(4, dtype=torch.float64)
-    first, second = _RidgeSolves.apply(systems(kq), rhs)
-    dense_first = torch.linalg.solve(systems(kq), rhs)
-    torch.testing.assert_close(first, dense_first, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(second, torch.linalg.solve(systems(kq), dense_first.flip(-2)), rtol=1e-12, atol=1e-12)
-    assert torch.autograd.gradcheck(lambda kq, rhs: _RidgeSolves.apply(systems(kq), rhs), (kq, rhs))
+    state = torch.eye(4, dtype=torch.float64).expand(2, 3, 2, 4, 4).clone() if with_state else None
+    second, last = _RidgeProxySolves.apply(kq, rhs, 0.1, state, 4)
 
-
-def test_prefix_gram_equals_running_sum_of_outer_products():
-    from sympformer.nn.linear_attention import prefix_gram
-
-    g = torch.Generator().manual_seed(5)
-    a, b = torch.randn(2, 3, 7, 2, 4, generator=g), torch.randn(2, 3, 7, 2, 5, generator=g)
-    state = torch.randn(2, 3, 2, 4, 5, generator=g)
-    gram = prefix_gram(a, b, state)
-    for i in range(7):
-        expected = state + sum(a[:, :, j, :, :, None] * b[:, :, j, :, None, :] for j in range(i + 1))
-        torch.testing.assert_close(gram[:, :, i], expected, rtol=1e-5, atol=1e-5)
+    outer = kq.unsqueeze(-1) * kq.unsqueeze(-2)  # (2, 3, 6, 2, 4, 4)
+    grams = torch.stack([outer[:, :, : i + 1].sum(2) for i in range(6)], 2)
+    if with_state:
+        grams = grams + state.unsqueeze(2)
+    systems = grams + 0.1 * torch.eye(4, dtype=torch.float64)
+    first = torch.linalg.solve(systems, rhs)
+    expected = torch.linalg.solve(systems, first.flip(-2))
+    torch.testing.assert_close(second, expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(last, grams[:, :, -1], rtol=1e-12, atol=1e-12)
+    weights = torch.randn(second.shape, generator=g, dtype=torch.float64)
+    got = torch.autograd.grad((second * weights).sum(), (kq, rhs))
+    want = torch.autograd.grad((expected * weights).sum(), (kq, rhs))
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    assert torch.autograd.gradcheck(lambda kq, rhs: _RidgeProxySolves.apply(kq, rhs, 0.1, state, 4)[0], (kq, rhs))

@@ -58,42 +58,49 @@ def prefix_linear(q: Tensor, k: Tensor, v: Tensor, chunk: int, state: Tensor | N
     return out, prefix[:, :, -1] + chunk_states[:, :, -1]
 
 
-def prefix_gram(a: Tensor, b: Tensor, state: Tensor | None = None) -> Tensor:
-    """G_i = state + Σ_{j≤i} a_j b_jᵀ for every i: (B, H, T, ·, da, db), a strided view. The outer
-    products and the running sum are laid out with the positions last, where a cumulative sum runs
-    ~5× faster on CPU than along a middle dimension."""
-    a_t, b_t = a.movedim(2, -1), b.movedim(2, -1)  # (B, H, ·, d, T)
-    gram = torch.cumsum(a_t.unsqueeze(-2) * b_t.unsqueeze(-3), dim=-1).movedim(-1, 2)
-    return gram if state is None else gram + state.unsqueeze(2)
+class _RidgeProxySolves(torch.autograd.Function):
+    r"""The ridge solves of the connection proxy at every position i, for a = [k, q] (B, H, T, 2, r):
 
+        A_i = [G_KK, G_QQ]_i + λI = state + Σ_{j≤i} a_j a_jᵀ + λI     (prefix Grams, positions last)
+        X₁ = A⁻¹ [c, m] = [P_K c, P_Q m],   X₂ = A⁻¹ swap(X₁) = [P_K P_Q m, P_Q P_K c]
 
-class _RidgeSolves(torch.autograd.Function):
-    r"""For the stacked symmetric systems A = [G_KK, G_QQ] + λI (…, 2, r, r) and right-hand sides
-    R = [c, m] (…, 2, r): X₁ = A⁻¹ R = [P_K c, P_Q m] and X₂ = A⁻¹ swap(X₁) = [P_K P_Q m, P_Q P_K c]
-    (swap exchanges the two systems' vectors). One LU factorisation serves both solves and the
-    backward pass, which uses A = Aᵀ:  for X = A⁻¹ Y,  Ȳ = A⁻¹ X̄  and  Ā = −Ȳ Xᵀ."""
+    One LU factorisation serves both solves and the backward pass (A = Aᵀ). Backward, with
+    Ȳ₂ = A⁻¹ X̄₂ and Ȳ₁ = A⁻¹ (X̄₁ + swap(Ȳ₂)):  c̄, m̄ = Ȳ₁ and Ā_i = −(Ȳ₂ X₂ᵀ + Ȳ₁ X₁ᵀ)_i, whose effect
+    on a_j, ā_j = Σ_{i≥j} (Ā_i + Ā_iᵀ) a_j, is a reverse prefix-linear pass with four key/value pairs,
+    so no (T, r, r) gradient is ever formed. Returns (X₂, the last prefix Gram for the cache)."""
 
     @staticmethod
-    def forward(ctx, systems, rhs):
-        lu, pivots = torch.linalg.lu_factor(systems)
-        first = torch.linalg.lu_solve(lu, pivots, rhs.unsqueeze(-1))
-        second = torch.linalg.lu_solve(lu, pivots, first.flip(-3))
-        ctx.save_for_backward(lu, pivots, first, second)
-        return first.squeeze(-1), second.squeeze(-1)
+    def forward(ctx, a, rhs, ridge, state, chunk):
+        a_t = a.movedim(2, -1)  # (B, H, 2, r, T): a running sum along the last dimension is the fast one
+        grams = torch.cumsum(a_t.unsqueeze(-2) * a_t.unsqueeze(-3), dim=-1).movedim(-1, 2)
+        if state is not None:
+            grams = grams + state.unsqueeze(2)
+        eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
+        lu, pivots = torch.linalg.lu_factor(grams + ridge * eye)
+        first = torch.linalg.lu_solve(lu, pivots, rhs.unsqueeze(-1)).squeeze(-1)
+        second = torch.linalg.lu_solve(lu, pivots, first.flip(-2).unsqueeze(-1)).squeeze(-1)
+        ctx.save_for_backward(a, lu, pivots, first, second)
+        ctx.chunk = chunk
+        last = grams[:, :, -1].clone()
+        ctx.mark_non_differentiable(last)
+        return second, last
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_first, grad_second):
-        lu, pivots, first, second = ctx.saved_tensors
-        grad_first = torch.zeros_like(first) if grad_first is None else grad_first.unsqueeze(-1)
-        grad_systems = torch.zeros_like(lu)
-        if grad_second is not None:
-            grad_swapped = torch.linalg.lu_solve(lu, pivots, grad_second.unsqueeze(-1))
-            grad_systems -= grad_swapped @ second.mT
-            grad_first = grad_first + grad_swapped.flip(-3)
-        grad_rhs = torch.linalg.lu_solve(lu, pivots, grad_first)
-        grad_systems -= grad_rhs @ first.mT
-        return grad_systems, grad_rhs.squeeze(-1)
+    def backward(ctx, grad_second, _):
+        a, lu, pivots, first, second = ctx.saved_tensors
+        solve = lambda g: torch.linalg.lu_solve(lu, pivots, g.unsqueeze(-1)).squeeze(-1)
+        bar2 = solve(grad_second)
+        bar1 = solve(bar2.flip(-2))
+        # ā_j = −Σ_{i≥j} [Ȳ₂ (X₂·a_j) + X₂ (Ȳ₂·a_j) + Ȳ₁ (X₁·a_j) + X₁ (Ȳ₁·a_j)]_i: reverse the positions,
+        # run one prefix-linear pass with the four pairs as heads, and reverse back
+        b, h, t, two, r = a.shape
+        heads = lambda *ts: torch.stack(ts, 3).flip(2).permute(0, 1, 3, 4, 2, 5).reshape(b, -1, t, r)
+        query = heads(a, a, a, a)
+        keys, values = heads(second, bar2, first, bar1), heads(bar2, second, bar1, first)
+        out, _ = prefix_linear(query, keys, values, min(ctx.chunk, 32))  # r = 16 features: short chunks
+        grad_a = out.reshape(b, h, 4, two, t, r).sum(2).permute(0, 1, 3, 2, 4).flip(2)
+        return -grad_a, bar1, None, None, None
 
 
 class PrefixLinearAttention(AttentionBase):
@@ -143,11 +150,6 @@ class PrefixLinearAttention(AttentionBase):
         """C(z; u) by prefix-linear passes and per-position batched solves (module docstring)."""
         dq, dk = self.directions(u)
         heads, r = q.shape[1], q.shape[-1]
-        eye = torch.eye(r, dtype=q.dtype, device=q.device)
-        # the per-position ridge systems need the explicit prefix Grams of K and Q (one cumsum)
-        kq = torch.stack([k, q], 3)  # (B, H, T, 2, r)
-        grams = prefix_gram(kq, kq, self._state("grams"))
-        self._keep("grams", grams[:, :, -1])
 
         def prefix(name, query, key, value):
             out, state = prefix_linear(query, key, value, self.chunk, self._state(name))
@@ -159,10 +161,11 @@ class PrefixLinearAttention(AttentionBase):
         c = prefix("c", torch.cat([dq, q], -1), torch.cat([k, dk], -1), k)
         # m_i = Σ_{j≤i} (u_i·u_j) q_j: scores shared by the heads, one pass on the head-merged values
         m = self.split_heads(prefix("m", u.unsqueeze(1), u.unsqueeze(1), self.merge_heads(q).unsqueeze(1)).squeeze(1))
-        # b_i = P_Q P_K c_i and P_K P_Q m_i: two batched solves with the same systems [G_KK, G_QQ] + λI
-        solve_dtype = torch.promote_types(grams.dtype, torch.float32)  # LU has no half-precision kernels
-        systems, rhs = (grams + RIDGE * eye).to(solve_dtype), torch.stack([c, m], 3).to(solve_dtype)
-        _, second = _RidgeSolves.apply(systems, rhs)  # [P_K P_Q m, P_Q P_K c]
+        # b_i = P_Q P_K c_i and P_K P_Q m_i: the ridge systems of the prefix Grams [G_KK, G_QQ] + λI
+        solve_dtype = torch.promote_types(q.dtype, torch.float32)  # LU has no half-precision kernels
+        kq, rhs = torch.stack([k, q], 3).to(solve_dtype), torch.stack([c, m], 3).to(solve_dtype)
+        second, last_gram = _RidgeProxySolves.apply(kq, rhs, RIDGE, self._state("grams"), self.chunk)
+        self._keep("grams", last_gram)
         pkpq_m, b = second.unbind(3)
         # t2_i = W_Kᵀ G_QK P_K P_Q m_i / r^{1/4}, with G_QK y = Σ_{j≤i} q_j (k_j·y)
         inner = prefix("qk", pkpq_m, k, q)
