@@ -21,11 +21,12 @@ Its last row only needs prefix sums, so the fast path never forms an i×i (let a
     t1_i = −Σ_{j≤i} (b_i · q_j) u_j,   t2_i = W_Kᵀ G_QK y_i / r^{1/4},  G_QK y = Σ_{j≤i} q_j (k_j·y)
     C_i  = mean_h (t1_i + t2_i)
 Only G_KK and G_QQ are formed at every position (r×r each, their prefix sums laid out with the
-positions last), for the solves: one batched LU factorisation of the stacked [G_KK, G_QQ] + λI
-serves both solves and the backward pass (:class:`_RidgeSolves`, whose hand-written backward uses
-the symmetry; on CPU it is ~2× faster than two `torch.linalg.solve` calls, 4× faster than Cholesky
-solves, and autograd's derivative of the LU factorisation itself is what made a plain
-`lu_factor` + `lu_solve` slow).
+positions last), for the solves, in one autograd Function (:class:`_RidgeProxySolves`): one batched
+LU factorisation of the stacked [G_KK, G_QQ] + λI serves both solves and the backward pass, and the
+gradient reaches k and q through a reverse prefix-linear pass instead of (T, r, r) gradient tensors.
+On CPU this is ~3× faster than two `torch.linalg.solve` calls under autograd (4× faster than Cholesky
+solves; autograd's derivative of `lu_factor` is what made a plain factor-once version slow), and the
+r = 16 reverse pass runs 8× faster with 32-position chunks than with 128.
 """
 
 from __future__ import annotations
