@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
 "$PY" benchmarks/blocks_step_time.py --device cuda --precision bf16 --rounds 5 --repeats 5
 "$PY" benchmarks/blocks_step_time.py --device cuda --precision fp32 --rounds 3 --repeats 5 --shapes primary,heavy
-"$PY" benchmarks/memory.py --device cuda --shapes primary,heavy
+"$PY" benchmarks/memory.py --device cuda --shapes heavy
 if "$PY" -c "import transformers" 2>/dev/null; then
   "$PY" benchmarks/vs_transformers.py --device cuda --precision bf16 --rounds 5 --repeats 5
 fi
