@@ -33,8 +33,9 @@ class _CPUFlashAverage(torch.autograd.Function):
     is saved for the backward pass is the *unpadded* q, k and pieces plus the output and the row
     log-normaliser, and the padding is rebuilt in the backward pass. Compared with padding outside
     the autograd graph this keeps neither the padded q, k nor the concatenated values alive between
-    the forward and the backward pass (at the heavy shape H1 saves 8 d_h instead of 20 d_h columns
-    per head for its attention). Inputs are (B, H, L, ·); no mask, no dropout."""
+    the forward and the backward pass (H1's saved activations at the heavy shape: 352.8 → 224.5 MiB
+    together with the recomputed connection algebra; benchmarks/profile_steps.py). Inputs are
+    (B, H, L, ·); no mask, no dropout."""
 
     @staticmethod
     def forward(ctx, q, k, scale, causal, *pieces):
@@ -77,15 +78,17 @@ def softmax_average_of(
     scale: float = 1.0,
     causal: bool = False,
     mask: Tensor | None = None,
+    dropout_p: float = 0.0,
 ) -> Tensor:
     """Σ_j softmax_j(scale·q_i·k_j) [v¹_j, v², …] for value ``pieces`` of any widths, concatenated in the
     last dimension (j ≤ i when ``causal``; j where ``mask`` is True when a boolean mask is given);
-    shapes (..., L, d), one fused kernel call."""
+    shapes (..., L, d), one fused kernel call (with attention dropout ``dropout_p``: SDPA's own)."""
     batch = q.shape[:-2]
     as4d = lambda t: t.reshape(-1, 1, *t.shape[-2:]) if t.ndim != 4 else t  # fused kernels want (B, H, L, E)
     width = sum(v.shape[-1] for v in pieces)
     q4, k4, pieces4 = as4d(q), as4d(k), [as4d(v) for v in pieces]
-    if q.device.type == "cpu" and mask is None and q.dtype in _CPU_FLASH_DTYPES and q.shape[-2] and k.shape[-2]:
+    cpu_flash = q.device.type == "cpu" and q.dtype in _CPU_FLASH_DTYPES and mask is None and dropout_p == 0
+    if cpu_flash and q.shape[-2] and k.shape[-2]:
         # like SDPA under autocast, compute in the autocast dtype (else in q's dtype)
         dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else q.dtype
         q4, k4, pieces4 = q4.to(dtype), k4.to(dtype), [v.to(dtype) for v in pieces4]
@@ -103,6 +106,7 @@ def softmax_average_of(
             _pad_width(k4, full),
             _pad_width(values, full),
             attn_mask=mask,
+            dropout_p=dropout_p,
             scale=scale,
             is_causal=causal and mask is None,
         )[..., :width]

@@ -82,16 +82,17 @@ class AttentionBase(CallCounter, nn.Module):
         b, h, n, d = t.shape
         return t.transpose(1, 2).reshape(b, n, h * d)
 
-    def directions(self, u: Tensor, need_dq: bool = True) -> tuple[Tensor | None, Tensor]:
-        """dq = W_Q u (None unless ``need_dq``) and dk = W_K u (weights only: a directional derivative
-        has no bias)."""
+    def direction(self, u: Tensor, part: str) -> Tensor:
+        """W_part u for part "q" or "k", split into heads and scaled by qk_scale (weights only: a
+        directional derivative has no bias)."""
         n = self.c_attn.out_features // 3
-        weight = self.c_attn.weight
-        dq = self.split_heads(F.linear(u, weight[:n])) if need_dq else None
-        dk = self.split_heads(F.linear(u, weight[n : 2 * n]))
-        if self.qk_scale != 1.0:
-            dq, dk = (None if dq is None else dq * self.qk_scale), dk * self.qk_scale
-        return dq, dk
+        rows = {"q": slice(0, n), "k": slice(n, 2 * n)}[part]
+        d = self.split_heads(F.linear(u, self.c_attn.weight[rows]))
+        return d if self.qk_scale == 1.0 else d * self.qk_scale
+
+    def directions(self, u: Tensor) -> tuple[Tensor, Tensor]:
+        """dq = W_Q u and dk = W_K u (:meth:`direction`)."""
+        return self.direction(u, "q"), self.direction(u, "k")
 
     def output(self, y: Tensor) -> Tensor:
         """The attention output c_proj(merge(y)) with residual dropout."""
@@ -136,19 +137,8 @@ class CausalSelfAttention(AttentionBase):
         widths = [v.shape[-1] for v in values]
         if self.cache is not None:
             return self._aggregate_cached(q, k, torch.cat(values, -1), widths, new_softmax, slot)
-        if self.training and self.dropout > 0:
-            width = max(q.shape[-1], sum(widths))
-            pad = lambda t: F.pad(t, (0, width - t.shape[-1]))
-            out = F.scaled_dot_product_attention(
-                pad(q),
-                pad(k),
-                pad(torch.cat(values, -1)),
-                dropout_p=self.dropout,
-                is_causal=True,
-                scale=self.scale,
-            )[..., : sum(widths)]
-        else:
-            out = softmax_average_of(q, k, values, scale=self.scale, causal=True)
+        dropout = self.dropout if self.training else 0.0
+        out = softmax_average_of(q, k, values, scale=self.scale, causal=True, dropout_p=dropout)
         self.count(evaluations=int(new_softmax), kernel_calls=1)
         return list(out.split(widths, dim=-1))
 
@@ -219,7 +209,7 @@ class CausalSelfAttention(AttentionBase):
         part). The algebra is recomputed in the backward pass (its inputs are kept anyway), dq = W_Q u with it."""
 
         def connection(q, k_avg, dk_avg, y, sw_avg, u):
-            dq, _ = self.directions(u)
+            dq = self.direction(u, "q")
             drift = (self.scale * ((dq * k_avg).sum(-1) + (q * dk_avg).sum(-1))).mean(1)  # (B, T)
             s = u.square().sum(-1)
             return drift.unsqueeze(-1) * u - 0.5 * self.output_linear(s[:, None, :, None] * y + sw_avg)
@@ -229,7 +219,7 @@ class CausalSelfAttention(AttentionBase):
     def with_connection(self, z: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
         """(F, C(z; u)) for a direction u known before the attention: ONE SDPA call."""
         q, k, w = self.project(z)
-        _, dk = self.directions(u, need_dq=False)
+        dk = self.direction(u, "k")
         s = u.square().sum(-1)[:, None, :, None]
         y, k_avg, dk_avg, sw_avg = self.aggregate(q, k, [w, k, dk, s * w])
         return self.output(y), self._connection(q, k_avg, dk_avg, y, sw_avg, u)
@@ -241,7 +231,7 @@ class CausalSelfAttention(AttentionBase):
         y, k_avg = self.aggregate(q, k, [w, k])
         out = self.output(y)
         u = direction(out)
-        _, dk = self.directions(u, need_dq=False)
+        dk = self.direction(u, "k")
         s = u.square().sum(-1)[:, None, :, None]
         dk_avg, sw_avg = self.aggregate(q, k, [dk, s * w], new_softmax=False, slot="second")
         return out, u, self._connection(q, k_avg, dk_avg, y, sw_avg, u)
