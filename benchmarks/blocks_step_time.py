@@ -18,8 +18,9 @@ from pathlib import Path
 
 import torch
 
-from sympformer.benchmarking import interleaved_times, markdown_table, median, write_section
+from sympformer.benchmarking import interleaved_times, median, write_section
 from sympformer.nn import SympFormerConfig, SympFormerLM
+from sympformer.utils import markdown_table
 
 SOFTMAX = ("B", "B_cap", "Y", "H0", "H1", "R2", "H1_LA", "R2_LA")
 LINEAR = ("B_L", "Y_L", "H0_L", "H1_L", "R2_L")

@@ -18,8 +18,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from blocks_step_time import SHAPES  # noqa: E402
 
-from sympformer.benchmarking import interleaved_times, markdown_table, median, synchronize, write_section  # noqa: E402
+from sympformer.benchmarking import interleaved_times, median, synchronize, write_section  # noqa: E402
 from sympformer.nn import SympFormerConfig, SympFormerLM  # noqa: E402
+from sympformer.utils import markdown_table
 
 
 def step_fn(model, idx):

@@ -26,7 +26,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from blocks_step_time import SHAPES  # noqa: E402
 
-from sympformer.benchmarking import markdown_table, write_section  # noqa: E402
+from sympformer.benchmarking import write_section  # noqa: E402
+from sympformer.utils import markdown_table
 
 CHILD = r"""
 import json, resource, sys, torch

@@ -14,7 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sympformer.benchmarking import markdown_table, write_section
+from sympformer.benchmarking import write_section
+from sympformer.utils import markdown_table
 
 CHILD = r"""
 import json, resource, sys, time, torch

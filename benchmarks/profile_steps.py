@@ -20,8 +20,9 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from blocks_step_time import SHAPES  # noqa: E402
 
-from sympformer.benchmarking import markdown_table, write_section  # noqa: E402
+from sympformer.benchmarking import write_section  # noqa: E402
 from sympformer.nn import SympFormerConfig, SympFormerLM  # noqa: E402
+from sympformer.utils import markdown_table
 
 KERNELS = (
     "aten::mm",

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import torch
 
-from sympformer.benchmarking import interleaved_times, markdown_table, median, write_section
+from sympformer.benchmarking import interleaved_times, median, write_section
 from sympformer.nn import SympFormerConfig, SympFormerLM
+from sympformer.utils import markdown_table
 
 SHAPES = {
     "primary": (dict(vocab_size=50304, n_layer=4, n_head=4, n_embd=64, block_size=128), 8),

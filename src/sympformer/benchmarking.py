@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from sympformer import __version__
+from sympformer.utils import atomic_write_text
 
 
 def machine_description(device: str = "cpu") -> str:
@@ -63,12 +64,6 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
-def markdown_table(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def write_section(path: str | Path, key: str, title: str, body: str, device: str = "cpu") -> None:
     """Replace (or append) the section ``key`` of RESULTS.md with ``body`` and its provenance."""
     path = Path(path)
@@ -82,6 +77,4 @@ def write_section(path: str | Path, key: str, title: str, body: str, device: str
     )
     pattern = re.compile(rf"<!-- section:{re.escape(key)} -->.*?<!-- end:{re.escape(key)} -->\n", re.S)
     text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
-    from sympformer.utils import atomic_write_text
-
     atomic_write_text(path, text)

@@ -81,3 +81,15 @@ def package_folder(package: str) -> Path | None:
     if spec is None or not spec.submodule_search_locations:
         return None
     return Path(next(iter(spec.submodule_search_locations)))
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> None:
+    """``fig.savefig`` to ``path`` atomically (the format from the suffix)."""
+    atomic_write(path, lambda handle: fig.savefig(handle, format=Path(path).suffix.lstrip("."), dpi=dpi))
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    """A GitHub-flavoured Markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)

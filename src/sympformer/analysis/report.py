@@ -20,8 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sympformer.analysis.stats import holm, mean_sd, paired_t_test
-from sympformer.benchmarking import markdown_table
-from sympformer.utils import atomic_write_text
+from sympformer.utils import atomic_write_text, markdown_table, save_figure
 
 ALPHA = 0.05
 
@@ -301,7 +300,7 @@ def _plots(runs: list[Run], result: dict, out: Path) -> None:
         ax.legend(fontsize=8)
         ax.set_title(f"validation loss against {label} (one line per seed)", fontsize=10)
         fig.tight_layout()
-        fig.savefig(out / name, dpi=110)
+        save_figure(fig, out / name)
         plt.close(fig)
     # learned per-layer dynamics at the end of training, mean over seeds
     finals: dict[tuple[str, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
@@ -331,7 +330,7 @@ def _plots(runs: list[Run], result: dict, out: Path) -> None:
     axes.flat[0].legend(fontsize=7)
     fig.suptitle("learned scalars at the end of training (mean over seeds)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(out / "dynamics.png", dpi=110)
+    save_figure(fig, out / "dynamics.png")
     plt.close(fig)
 
 

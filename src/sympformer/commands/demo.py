@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from sympformer import __version__
+from sympformer.utils import atomic_write_text
 
 DEMO_ARCHS = ["B", "B_cap", "Y", "H0", "R2"]
 
@@ -68,7 +69,7 @@ def stage_audit(out: Path, progress: bool) -> list[str]:
         report.append(f"- {result.line()}")
         if result.passed != (arch in CAUSAL_ARCHS):
             unexpected.append(arch)
-    (out / "audit.md").write_text("\n".join(report) + "\n")
+    atomic_write_text(out / "audit.md", "\n".join(report) + "\n")
     passed = sum(1 for line in report if ": PASS" in line)
     lines.append(
         f"{passed} of {len(ARCHS)} architectures pass all three checks; "
@@ -124,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
         for line in lines:
             print(f"   {line}")
         summary += [f"## {name} ({time.perf_counter() - t0:.0f} s)", "", *lines, ""]
-    (out / "demo.md").write_text("\n".join(summary) + "\n")
+    atomic_write_text(out / "demo.md", "\n".join(summary) + "\n")
     print(
         f"\nDone in {time.perf_counter() - started:.0f} s. Summary: {out / 'demo.md'}; "
         f"comparison report: {out / 'compare' / 'report.md'}"

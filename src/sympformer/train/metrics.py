@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from sympformer.utils import atomic_write_text
+from sympformer.utils import atomic_write_text, save_figure
 
 METRICS_COLUMNS = ["step", "tokens", "train_loss", "val_loss", "lr", "step_time_s", "tokens_per_s", "wall_s"]
 DYNAMICS_COLUMNS = ["step", "layer", "name", "value"]
@@ -63,7 +63,5 @@ def plot_losses(metrics_csv: Path, out_png: Path, title: str) -> None:
     ax.grid(alpha=0.3, which="both")
     ax.legend()
     fig.tight_layout()
-    tmp = out_png.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    save_figure(fig, out_png)
     plt.close(fig)
-    tmp.replace(out_png)

@@ -14,6 +14,7 @@ import torch
 from sympformer.integrators import get_flow_scheme, get_scheme
 from sympformer.particles.control import QuadraticControl
 from sympformer.particles.experiments.common import output_dir, pyplot, write_csv
+from sympformer.utils import atomic_write_text
 
 
 def run(
@@ -85,5 +86,5 @@ def run(
         f"After {calls} oracle calls the relative gap is {gaps[-1][0]:.2e} (classical) and "
         f"{gaps[-1][1]:.2e} (accelerated).\n\n![animation](animate.gif)\n"
     )
-    (out / "animate.md").write_text(text)
+    atomic_write_text(out / "animate.md", text)
     return {"final_gaps": gaps[-1], "markdown": text}

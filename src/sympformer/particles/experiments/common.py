@@ -39,15 +39,3 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
-
-
-def save_figure(fig, path: Path) -> None:
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp, dpi=110)
-    tmp.replace(path)
-
-
-def markdown_table(header: list[str], rows: list[list]) -> str:
-    from sympformer.benchmarking import markdown_table as table
-
-    return table(header, rows)

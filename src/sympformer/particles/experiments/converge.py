@@ -29,10 +29,11 @@ import torch
 
 from sympformer.integrators import Damping, get_flow_scheme, get_scheme
 from sympformer.particles.control import QuadraticControl
-from sympformer.particles.experiments.common import markdown_table, output_dir, pyplot, save_figure, write_csv
+from sympformer.particles.experiments.common import output_dir, pyplot, write_csv
 from sympformer.particles.linear import LinearAttention
 from sympformer.particles.potentials import QuadraticPotential
 from sympformer.particles.softmax import AcceleratedSoftmaxSystem, ClassicalSoftmaxFlow, SoftmaxGeometry
+from sympformer.utils import atomic_write_text, markdown_table, save_figure
 
 THRESHOLDS = (1e-2, 1e-3, 1e-4)
 
@@ -238,7 +239,7 @@ def run(
     write_csv(out / "converge.csv", trace_rows)
     write_csv(out / "hits.csv", hit_rows)
     summary = _summary(built, results, max_calls)
-    (out / "converge.md").write_text(summary["markdown"])
+    atomic_write_text(out / "converge.md", summary["markdown"])
     for problem in built:
         _plot(problem, results, out / f"converge_{_slug(problem.name)}.png")
     return summary

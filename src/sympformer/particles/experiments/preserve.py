@@ -29,9 +29,10 @@ from sympformer.particles.elliptical import (
     sample_mean,
     sample_scatter,
 )
-from sympformer.particles.experiments.common import markdown_table, output_dir, pyplot, save_figure, write_csv
+from sympformer.particles.experiments.common import output_dir, pyplot, write_csv
 from sympformer.particles.linear import LinearAttention, MomentLinearAttention
 from sympformer.particles.softmax import AcceleratedSoftmaxSystem, SoftmaxGeometry
+from sympformer.utils import atomic_write_text, markdown_table, save_figure
 
 
 def run(
@@ -114,7 +115,7 @@ def run(
     )
     text = "# Elliptical preservation\n\n" + __doc__.split("\n\n", 1)[1].strip() + "\n\n" + table + "\n\n"
     text += "![clouds and predicted ellipses](preserve.png)\n"
-    (out / "preserve.md").write_text(text)
+    atomic_write_text(out / "preserve.md", text)
     return {"oracle_error": worst, "affine_residual": residual, "markdown": text}
 
 

@@ -14,9 +14,10 @@ from pathlib import Path
 import torch
 
 from sympformer.integrators import get_flow_scheme, integrate_flow, mesh
-from sympformer.particles.experiments.common import output_dir, pyplot, save_figure, write_csv
+from sympformer.particles.experiments.common import output_dir, pyplot, write_csv
 from sympformer.particles.linear import LinearAttention
 from sympformer.particles.stein import BilinearKernel, stein_potential_flow, svgd_flow
+from sympformer.utils import atomic_write_text, save_figure
 
 
 def run(
@@ -79,5 +80,5 @@ def run(
         f"Maximum deviation over the run: {deviation.max().item():.2e} (Stein flow of U), "
         f"{contrast.max().item():.2e} (SVGD of KL, a different flow).\n\n![trajectories](svgd.png)\n"
     )
-    (out / "svgd.md").write_text(text)
+    atomic_write_text(out / "svgd.md", text)
     return {"max_deviation": deviation.max().item(), "svgd_contrast": contrast.max().item(), "markdown": text}
