@@ -5,7 +5,8 @@
 Order: block step times (every architecture family, two softmax shapes, the linear and v1 shapes;
 then the heavy and v1 shapes with activation checkpointing), peak memory (both modes), B against
 transformers' GPT-2, torch.compile on/off (primary and v1 shapes), the particle-lab scale, and
-profiles of the steps whose targets do not hold, with lower bounds. About 25 minutes on 2 CPU
+profiles of the steps whose targets do not hold, with lower bounds, and the kernel micro-benchmarks
+behind the attention code's choices. About 25 minutes on 2 CPU
 cores; --quick runs fewer rounds and the smaller particle sizes.
 """
 
@@ -45,6 +46,7 @@ def main() -> int:
         ["compile.py", *device, "--rounds", "3", "--shape", "v1", "--archs", "B,v1_fe,v1_pe"],
         ["particles_scale.py", "--sizes", "1000,10000" if args.quick else "1000,10000,100000"],
         ["profile_steps.py"],
+        ["kernels.py"],
     ]
     if importlib.util.find_spec("transformers") is not None:
         jobs.insert(2, ["vs_transformers.py", *device, *rounds])

@@ -1,0 +1,136 @@
+"""Micro-benchmarks behind the design choices in the attention code (medians of repeated calls, every
+variant of one question timed in the same process):
+
+- the prefix Grams of the ridge proxy: running sum along a middle dimension or along the last one;
+- the ridge solves (16×16 systems at every position, forward + backward): two `torch.linalg.solve`
+  under autograd, `lu_factor` + `lu_solve` under autograd, Cholesky solves, and the fused
+  `_RidgeProxySolves` (which also builds the Grams);
+- prefix-linear attention with r = 16 features by chunk length: 32 heads (the proxy's reverse pass),
+  and 4 heads (the attention itself, the `linear_chunk` setting);
+- the CPU flash kernel: B's 4 heads × 32, one 128-wide head (the v1 oracle) and 129 wide with one
+  more key and query (the v1 sentinel pass).
+
+    python benchmarks/kernels.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from sympformer.benchmarking import write_section
+from sympformer.nn.linear_attention import _RidgeProxySolves, prefix_linear
+from sympformer.utils import markdown_table
+
+B, H, T, R = 4, 4, 512, 16  # the linear shape's batch, heads, context and head width
+
+
+def milliseconds(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def backward(fn, *inputs):
+    """fn(*inputs) and the backward pass of the sum of its outputs."""
+
+    def run():
+        outputs = fn(*inputs)
+        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+        sum(o.sum() for o in outputs if o.requires_grad).backward()
+
+    return run
+
+
+def grams(kq):
+    a = kq.movedim(2, -1)
+    return torch.cumsum(a.unsqueeze(-2) * a.unsqueeze(-3), -1).movedim(-1, 2)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
+    args = parser.parse_args()
+    g = torch.Generator().manual_seed(0)
+    rows = []
+
+    outer = torch.randn(B, H, T, 2, R, R, generator=g)
+    last = outer.movedim(2, -1).contiguous()
+    rows.append(
+        [
+            "running sum of (4, 4, 512, 2, 16, 16) along positions in the middle",
+            milliseconds(lambda: outer.cumsum(2), args.repeats),
+        ]
+    )
+    rows.append(["… along positions last", milliseconds(lambda: last.cumsum(-1), args.repeats)])
+
+    kq = torch.randn(B, H, T, 2, R, generator=g, requires_grad=True)
+    rhs = torch.randn(B, H, T, 2, R, generator=g, requires_grad=True)
+    eye = torch.eye(R)
+
+    def two_solves(kq, rhs):
+        systems = grams(kq) + 1e-3 * eye
+        first = torch.linalg.solve(systems, rhs)
+        return torch.linalg.solve(systems, first.flip(-2))
+
+    def lu_once(kq, rhs):
+        lu, pivots = torch.linalg.lu_factor(grams(kq) + 1e-3 * eye)
+        first = torch.linalg.lu_solve(lu, pivots, rhs.unsqueeze(-1))
+        return torch.linalg.lu_solve(lu, pivots, first.flip(-3))
+
+    def cholesky(kq, rhs):
+        factor = torch.linalg.cholesky(grams(kq) + 1e-3 * eye)
+        first = torch.cholesky_solve(rhs.unsqueeze(-1), factor)
+        return torch.cholesky_solve(first.flip(-3), factor)
+
+    solves = {
+        "ridge solves, forward + backward: two `linalg.solve`": two_solves,
+        "… `lu_factor` + two `lu_solve` under autograd": lu_once,
+        "… Cholesky factor + two `cholesky_solve`": cholesky,
+        "… `_RidgeProxySolves` (used)": lambda kq, rhs: _RidgeProxySolves.apply(kq, rhs, 1e-3, None, 128)[0],
+    }
+    for name, fn in solves.items():
+        rows.append([name, milliseconds(backward(fn, kq, rhs), args.repeats)])
+
+    with torch.no_grad():
+        q, k, v = (torch.randn(B, 32, T, R, generator=g) for _ in range(3))
+        for chunk in (16, 32, 64, 128):
+            label = f"prefix-linear, 32 heads × r = 16, chunk {chunk} (forward)"
+            rows.append([label, milliseconds(lambda chunk=chunk: prefix_linear(q, k, v, chunk), args.repeats)])
+
+    q, k, v = (torch.randn(B, H, T, R, generator=g, requires_grad=True) for _ in range(3))
+    for chunk in (32, 128, 512):
+        label = f"prefix-linear, {H} heads × r = 16 (the attention), chunk {chunk}, forward + backward"
+        rows.append(
+            [
+                label,
+                milliseconds(backward(lambda q, k, v, c=chunk: prefix_linear(q, k, v, c)[0], q, k, v), args.repeats),
+            ]
+        )
+
+    for heads, length, width, label in [
+        (4, T, 32, "flash attention, causal, 4 heads × 32 (B), forward + backward"),
+        (1, T, 128, "… 1 head × 128 (a v1 oracle pass)"),
+        (1, T + 1, 129, "… 1 head × 129, one more query and key (the v1 sentinel pass)"),
+    ]:
+        x = [torch.randn(B, heads, length, width, generator=g, requires_grad=True) for _ in range(3)]
+        attention = lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        rows.append([label, milliseconds(backward(attention, *x), args.repeats)])
+
+    body = markdown_table(["operation", "ms (median)"], [[name, f"{ms:.1f}"] for name, ms in rows])
+    print(body)
+    write_section(args.results, "kernels-cpu", "Kernel choices (cpu, fp32)", body)
+
+
+if __name__ == "__main__":
+    main()
