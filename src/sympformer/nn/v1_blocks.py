@@ -145,8 +145,11 @@ class V1Block(nn.Module):
     def oracle(self, ratio: Tensor):
         """The learned oracle in the integrator contract, velocity scaled by h_X / h_P."""
 
-        def velocity_and_force(base: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
-            ev = self.attn.evaluate(self.ln_x(base), p, self.need_force)
+        def attend(base: Tensor, p: Tensor) -> Evaluation:
+            return self.attn.evaluate(self.ln_x(base), p, self.need_force)
+
+        def velocity_and_force(base: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:  # what a checkpoint returns
+            ev = attend(base, p)
             return ev.velocity, ev.force
 
         def evaluate(x: Tensor, p: Tensor) -> Evaluation:
@@ -155,7 +158,7 @@ class V1Block(nn.Module):
             if self.recompute_calls and torch.is_grad_enabled() and not torch.compiler.is_compiling():
                 velocity, force = checkpoint(velocity_and_force, base, p, use_reentrant=False)
                 return Evaluation(ratio * velocity, force, _no_velocity_map)
-            ev = self.attn.evaluate(self.ln_x(base), p, self.need_force)
+            ev = attend(base, p)
             return Evaluation(ratio * ev.velocity, ev.force, lambda p_new: ratio * ev.velocity_map(p_new))
 
         return evaluate
