@@ -20,7 +20,7 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from blocks_step_time import SHAPES  # noqa: E402
 
-from sympformer.benchmarking import write_section  # noqa: E402
+from sympformer.benchmarking import saved_storages, write_section  # noqa: E402
 from sympformer.nn import SympFormerConfig, SympFormerLM  # noqa: E402
 from sympformer.utils import markdown_table
 
@@ -108,14 +108,7 @@ def saved_activations(shape: str, archs: list[str]) -> str:
     rows, base = [], None
     for arch in archs:
         model = SympFormerLM(SympFormerConfig(**fields, arch=arch))
-        storages: dict[int, int] = {}
-
-        def pack(tensor, storages=storages):
-            storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
-            return tensor
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-            model(idx, idx, return_logits=False)
+        storages = saved_storages(lambda model=model: model(idx, idx, return_logits=False))
         mib = sum(storages.values()) / 2**20
         base = base or mib
         rows.append([arch, f"{mib:,.1f}", len(storages), f"{mib / base:.2f}"])

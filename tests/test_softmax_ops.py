@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from sympformer.benchmarking import saved_storages
 from sympformer.softmax_ops import softmax_average_of, softmax_average_with_normaliser, softmax_log_normaliser
 
 
@@ -47,14 +48,7 @@ def test_pieces_average_keeps_no_padded_copy_for_the_backward_pass():
     """Values 4× wider than q, k: autograd keeps q, k, the pieces, the output and the row normaliser,
     nothing padded to the common width and no concatenation of the pieces."""
     q, k, *pieces = inputs((4, 4, 4, 4, 4, 4), dtype=torch.float32, length=64)
-    kept: dict[int, int] = {}
-
-    def pack(t):
-        kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        softmax_average_of(q, k, pieces, causal=True)
+    kept = saved_storages(lambda: softmax_average_of(q, k, pieces, causal=True))
     element = 2 * 3 * 64 * 4  # one (2, 3, 64, 4) float32 tensor, in bytes
     assert sum(kept.values()) <= 6 * element * 4 + 4 * element * 4 + 2 * 3 * 64 * 4  # inputs + out + lse
 

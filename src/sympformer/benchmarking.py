@@ -60,6 +60,20 @@ def interleaved_times(
     return times
 
 
+def saved_storages(fn) -> dict[int, int]:
+    """Run ``fn()`` and return {storage address: bytes} of the distinct storages autograd keeps for its
+    backward pass: the activation part of the training memory, free of allocator effects."""
+    kept: dict[int, int] = {}
+
+    def pack(tensor):
+        kept[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        fn()
+    return kept
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values)
 

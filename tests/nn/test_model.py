@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from sympformer.benchmarking import saved_storages
 from sympformer.nn import (
     ARCHS,
     CAUSAL_ARCHS,
@@ -226,15 +227,7 @@ def test_config_validation_and_json_round_trip():
 
 def saved_bytes(model, idx) -> int:
     """Bytes of the distinct storages autograd keeps for the backward pass of one forward."""
-    kept: dict[int, int] = {}
-
-    def pack(t):
-        kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(idx, idx)
-    return sum(kept.values())
+    return sum(saved_storages(lambda: model(idx, idx)).values())
 
 
 @pytest.mark.parametrize("arch", ["Y", "H0", "H1", "R2", "H1_LA", "R2_LA", "H1_L", "R2_L"])
