@@ -93,6 +93,8 @@ class MomentumBlock(nn.Module):
 
     def forward(self, x: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         increment, v_a = self.attention_half_step(x, v)
+        # x_a = x + increment is formed twice (here and in the result) on purpose: passing x_a to the
+        # recomputation would keep one more (B, T, C) tensor, x and the increment are kept anyway
         base = recomputed(lambda x, d, v_a: self.ln_m(x + d + self.mu2() * v_a), x, increment, v_a)
         f = self.mlp(base)
         gain2 = self.gamma2() + self.gain_floor
