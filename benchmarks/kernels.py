@@ -1,7 +1,9 @@
 """Micro-benchmarks behind the design choices in the attention code (medians of repeated calls, every
 variant of one question timed in the same process):
 
-- the prefix Grams of the ridge proxy: running sum along a middle dimension or along the last one;
+- the prefix Grams of the ridge proxy, in the (T, r, r) layout the factorisation reads: a running sum
+  along the positions in the middle, one along the last dimension plus the layout copy, and by chunks
+  (`prefix_grams`); `lu_factor` against `lu_factor_ex` (no singularity check);
 - the ridge solves (16×16 systems at every position, forward + backward): two `torch.linalg.solve`
   under autograd, `lu_factor` + `lu_solve` under autograd, Cholesky solves, and the fused
   `_RidgeProxySolves` (which also builds the Grams);
@@ -23,8 +25,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from sympformer import tune_cpu_allocator
 from sympformer.benchmarking import write_section
-from sympformer.nn.linear_attention import _RidgeProxySolves, prefix_linear
+from sympformer.nn.linear_attention import _RidgeProxySolves, prefix_grams, prefix_linear
 from sympformer.utils import markdown_table
 
 B, H, T, R = 4, 4, 512, 16  # the linear shape's batch, heads, context and head width
@@ -51,45 +54,59 @@ def backward(fn, *inputs):
     return run
 
 
-def grams(kq):
-    a = kq.movedim(2, -1)
-    return torch.cumsum(a.unsqueeze(-2) * a.unsqueeze(-3), -1).movedim(-1, 2)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
     args = parser.parse_args()
+    tune_cpu_allocator()
     g = torch.Generator().manual_seed(0)
     rows = []
 
-    outer = torch.randn(B, H, T, 2, R, R, generator=g)
-    last = outer.movedim(2, -1).contiguous()
-    rows.append(
-        [
-            "running sum of (4, 4, 512, 2, 16, 16) along positions in the middle",
-            milliseconds(lambda: outer.cumsum(2), args.repeats),
-        ]
-    )
-    rows.append(["… along positions last", milliseconds(lambda: last.cumsum(-1), args.repeats)])
+    with torch.no_grad():
+        a = torch.randn(B, H, T, 2, R, generator=g)
+        outer = lambda x: x.unsqueeze(-1) * x.unsqueeze(-2)
+        last = a.movedim(2, -1)  # (B, H, 2, r, T)
+        positions_last = lambda: (last.unsqueeze(-2) * last.unsqueeze(-3)).cumsum(-1).movedim(-1, 2).contiguous()
+        grams_rows = {
+            "prefix Grams (4, 4, 512, 2, 16, 16): running sum along the positions in the middle": lambda: outer(
+                a
+            ).cumsum(2),
+            "… running sum along the positions last, then the layout copy": positions_last,
+            "… by chunks of 32 (`prefix_grams`, used)": lambda: prefix_grams(a),
+        }
+        for name, fn in grams_rows.items():
+            rows.append([name, milliseconds(fn, args.repeats)])
+        systems = prefix_grams(a) + 1e-3 * torch.eye(R)
+        rows.append(
+            [
+                "LU factors of the 16×16 systems: `lu_factor`",
+                milliseconds(lambda: torch.linalg.lu_factor(systems), args.repeats),
+            ]
+        )
+        rows.append(
+            [
+                "… `lu_factor_ex` (used)",
+                milliseconds(lambda: torch.linalg.lu_factor_ex(systems), args.repeats),
+            ]
+        )
 
     kq = torch.randn(B, H, T, 2, R, generator=g, requires_grad=True)
     rhs = torch.randn(B, H, T, 2, R, generator=g, requires_grad=True)
     eye = torch.eye(R)
 
     def two_solves(kq, rhs):
-        systems = grams(kq) + 1e-3 * eye
+        systems = prefix_grams(kq) + 1e-3 * eye
         first = torch.linalg.solve(systems, rhs)
         return torch.linalg.solve(systems, first.flip(-2))
 
     def lu_once(kq, rhs):
-        lu, pivots = torch.linalg.lu_factor(grams(kq) + 1e-3 * eye)
+        lu, pivots = torch.linalg.lu_factor(prefix_grams(kq) + 1e-3 * eye)
         first = torch.linalg.lu_solve(lu, pivots, rhs.unsqueeze(-1))
         return torch.linalg.lu_solve(lu, pivots, first.flip(-3))
 
     def cholesky(kq, rhs):
-        factor = torch.linalg.cholesky(grams(kq) + 1e-3 * eye)
+        factor = torch.linalg.cholesky(prefix_grams(kq) + 1e-3 * eye)
         first = torch.cholesky_solve(rhs.unsqueeze(-1), factor)
         return torch.cholesky_solve(first.flip(-3), factor)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from sympformer import tune_cpu_allocator  # noqa: E402
 from sympformer.benchmarking import interleaved_times, median, write_section
 from sympformer.nn import SympFormerConfig, SympFormerLM
 from sympformer.utils import markdown_table
@@ -100,6 +101,7 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
     args = parser.parse_args()
+    tune_cpu_allocator()  # as the sympformer command does: no page faults per step (RESULTS.md, "CPU allocator")
     import transformers
 
     body = "\n".join(run(s, args.device, args.rounds, args.repeats, args.precision) for s in args.shapes.split(","))

@@ -11,3 +11,7 @@ Subpackages:
 """
 
 __version__ = "0.1.0"
+
+from sympformer.allocator import tune_cpu_allocator  # noqa: E402
+
+__all__ = ["tune_cpu_allocator", "__version__"]

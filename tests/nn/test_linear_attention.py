@@ -118,3 +118,19 @@ def test_ridge_proxy_solves_equal_dense_solves_with_gradients(with_state):
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
     assert torch.autograd.gradcheck(lambda kq, rhs: _RidgeProxySolves.apply(kq, rhs, 0.1, state, 4)[0], (kq, rhs))
+
+
+@pytest.mark.parametrize("length, chunk", [(70, 32), (64, 32), (9, 4), (1, 32)])
+def test_prefix_grams_equal_explicit_sums(length, chunk):
+    """Chunked prefix Grams (a triangular product within chunks, a running sum across them, plus a
+    cached state) against the explicit sums Σ_{j≤i} a_j a_jᵀ, float64, across several chunks and a
+    ragged end."""
+    from sympformer.nn.linear_attention import prefix_grams
+
+    g = torch.Generator().manual_seed(5)
+    a = torch.randn(2, 3, length, 2, 5, generator=g, dtype=torch.float64)
+    state = torch.randn(2, 3, 2, 5, 5, generator=g, dtype=torch.float64)
+    outer = a.unsqueeze(-1) * a.unsqueeze(-2)
+    expected = torch.stack([outer[:, :, : i + 1].sum(2) for i in range(length)], 2)
+    torch.testing.assert_close(prefix_grams(a, chunk=chunk), expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(prefix_grams(a, state, chunk), expected + state.unsqueeze(2), rtol=1e-12, atol=1e-12)

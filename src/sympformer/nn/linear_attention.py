@@ -20,15 +20,13 @@ Its last row only needs prefix sums, so the fast path never forms an i×i (let a
     b_i  = P_Q P_K c_i,   y_i = P_K P_Q m_i                               (batched solves per position)
     t1_i = −Σ_{j≤i} (b_i · q_j) u_j,   t2_i = W_Kᵀ G_QK y_i / r^{1/4},  G_QK y = Σ_{j≤i} q_j (k_j·y)
     C_i  = mean_h (t1_i + t2_i)
-Only G_KK and G_QQ are formed at every position (r×r each, their prefix sums laid out with the
-positions last), for the solves, in one autograd Function (:class:`_RidgeProxySolves`): one batched
-LU factorisation of the stacked [G_KK, G_QQ] + λI serves both solves and the backward pass, and the
-gradient reaches k and q through a reverse prefix-linear pass instead of (T, r, r) gradient tensors.
-Measured on CPU (benchmarks/kernels.py, RESULTS.md "Kernel choices"), forward + backward: 42 ms
-against 90 ms for two `torch.linalg.solve` calls under autograd, 152 ms for Cholesky solves and
-225 ms for `lu_factor` + `lu_solve` under autograd (whose derivative of the factorisation is the cost);
-the running sum is 5× faster with the positions last, and the r = 16 reverse pass 8× faster with
-32-position chunks than with 128.
+Only G_KK and G_QQ are formed at every position (r×r each, by chunks: :func:`prefix_grams`), for the
+solves, in one autograd Function (:class:`_RidgeProxySolves`): one batched LU factorisation of the
+stacked [G_KK, G_QQ] + λI serves both solves and the backward pass, and the gradient reaches k and q
+through a reverse prefix-linear pass instead of (T, r, r) gradient tensors. The alternatives are
+timed in benchmarks/kernels.py (RESULTS.md, "Kernel choices"): two `torch.linalg.solve` calls, or
+`lu_factor` + `lu_solve`, or Cholesky solves under autograd all take longer forward + backward (the
+derivative of the factorisation is the cost), and the r = 16 reverse pass is fastest with short chunks.
 """
 
 from __future__ import annotations
@@ -61,10 +59,33 @@ def prefix_linear(q: Tensor, k: Tensor, v: Tensor, chunk: int, state: Tensor | N
     return out, prefix[:, :, -1] + chunk_states[:, :, -1]
 
 
+def prefix_grams(a: Tensor, state: Tensor | None = None, chunk: int = 32) -> Tensor:
+    """state + Σ_{j≤i} a_j a_jᵀ at every position i, for a (B, H, T, m, r): (B, H, T, m, r, r).
+
+    By chunks of positions: within a chunk one product with a lower-triangular matrix of ones, across
+    chunks a running sum of the chunk totals, written straight into the layout the factorisation
+    reads (a running sum along the positions of the (T, r, r) layout is 5× slower, and one along
+    the last dimension needs a layout copy; benchmarks/kernels.py)."""
+    b, h, t, m, r = a.shape
+    pad = (-t) % chunk
+    if pad:
+        a = F.pad(a, (0, 0, 0, 0, 0, pad))
+    n = (t + pad) // chunk
+    outer = (a.unsqueeze(-1) * a.unsqueeze(-2)).reshape(b, h, n, chunk, m * r * r)
+    ones = torch.ones(chunk, chunk, dtype=a.dtype, device=a.device).tril_()
+    with torch.autocast(a.device.type, enabled=False):  # the sums stay in a's precision under autocast
+        within = ones @ outer
+    totals = within[:, :, :, -1:]
+    before = torch.cumsum(totals, dim=2) - totals
+    if state is not None:
+        before = before + state.reshape(b, h, 1, 1, m * r * r)
+    return within.add_(before).reshape(b, h, n * chunk, m, r, r)[:, :, :t]
+
+
 class _RidgeProxySolves(torch.autograd.Function):
     r"""The ridge solves of the connection proxy at every position i, for a = [k, q] (B, H, T, 2, r):
 
-        A_i = [G_KK, G_QQ]_i + λI = state + Σ_{j≤i} a_j a_jᵀ + λI     (prefix Grams, positions last)
+        A_i = [G_KK, G_QQ]_i + λI = state + Σ_{j≤i} a_j a_jᵀ + λI     (prefix Grams)
         X₁ = A⁻¹ [c, m] = [P_K c, P_Q m],   X₂ = A⁻¹ swap(X₁) = [P_K P_Q m, P_Q P_K c]
 
     One LU factorisation serves both solves and the backward pass (A = Aᵀ). Backward, with
@@ -74,17 +95,14 @@ class _RidgeProxySolves(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, a, rhs, ridge, state, chunk):
-        a_t = a.movedim(2, -1)  # (B, H, 2, r, T): a running sum along the last dimension is the fast one
-        grams = torch.cumsum(a_t.unsqueeze(-2) * a_t.unsqueeze(-3), dim=-1).movedim(-1, 2)
-        if state is not None:
-            grams = grams + state.unsqueeze(2)
-        eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
-        lu, pivots = torch.linalg.lu_factor(grams + ridge * eye)
+        grams = prefix_grams(a, state)
+        last = grams[:, :, -1].clone()  # the cache's state: the prefix Gram without the ridge
+        grams.diagonal(dim1=-2, dim2=-1).add_(ridge)
+        lu, pivots, _ = torch.linalg.lu_factor_ex(grams)  # G + λI is positive definite: nothing to check
         first = torch.linalg.lu_solve(lu, pivots, rhs.unsqueeze(-1)).squeeze(-1)
         second = torch.linalg.lu_solve(lu, pivots, first.flip(-2).unsqueeze(-1)).squeeze(-1)
         ctx.save_for_backward(a, lu, pivots, first, second)
         ctx.chunk = chunk
-        last = grams[:, :, -1].clone()
         ctx.mark_non_differentiable(last)
         return second, last
 

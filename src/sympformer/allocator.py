@@ -1,0 +1,46 @@
+"""Keep freed CPU memory inside the process (Linux with glibc), so that training steps stop paying for
+page faults.
+
+PyTorch's CPU tensors come from the C library's ``malloc``. glibc serves large blocks (above a
+threshold that adapts up to 32 MiB) with fresh ``mmap`` pages and gives them back on ``free``, and it
+trims the top of its heap when more than a threshold is free. A training step allocates and frees the
+same large activations every time (the fused head's logit chunks alone are 64 MiB, `nn/loss.py`), so
+every step faults in, and zero-fills, fresh pages for them. :func:`tune_cpu_allocator` raises both
+thresholds to their maximum (2 GiB): freed blocks stay in the heap and are reused by the next step.
+The process then keeps its peak footprint until it exits, as a GPU caching allocator does; the peak
+itself does not change. Measured in ``benchmarks/allocator.py`` (RESULTS.md, "CPU allocator").
+
+The ``sympformer`` command and the benchmark scripts call it on start. Library users call
+``sympformer.tune_cpu_allocator()`` themselves. Set ``SYMPFORMER_CPU_ALLOCATOR=system`` to keep the C
+library's defaults; any ``MALLOC_*`` / ``GLIBC_TUNABLES`` settings of your own are left alone too.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import sys
+
+M_TRIM_THRESHOLD = -1  # mallopt parameter numbers, from glibc's <malloc.h>
+M_MMAP_THRESHOLD = -3
+LARGEST = 2**31 - 1  # mallopt takes a C int
+ENV = "SYMPFORMER_CPU_ALLOCATOR"
+_OWN_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "GLIBC_TUNABLES")
+
+
+def tune_cpu_allocator() -> bool:
+    """Raise glibc's mmap and trim thresholds to the maximum for this process. Returns True when they
+    were set; False (and changes nothing) when ``SYMPFORMER_CPU_ALLOCATOR=system``, when the user set
+    glibc malloc options of their own, or off Linux/glibc."""
+    choice = os.environ.get(ENV, "tuned")
+    if choice not in ("tuned", "system"):
+        raise ValueError(f"{ENV}={choice!r}: expected 'tuned' (the default) or 'system'")
+    if choice == "system" or sys.platform != "linux" or any(name in os.environ for name in _OWN_SETTINGS):
+        return False
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):  # musl and other C libraries without mallopt
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return mallopt(M_MMAP_THRESHOLD, LARGEST) == 1 and mallopt(M_TRIM_THRESHOLD, LARGEST) == 1
