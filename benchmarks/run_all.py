@@ -5,9 +5,10 @@
 Order: block step times (every architecture family, two softmax shapes, the linear and v1 shapes;
 then the heavy and v1 shapes with activation checkpointing), peak memory (both modes), B against
 transformers' GPT-2, torch.compile on/off (primary and v1 shapes), the particle-lab scale, and
-profiles of the steps whose targets do not hold, with lower bounds, and the kernel micro-benchmarks
-behind the attention code's choices. About 25 minutes on 2 CPU
-cores; --quick runs fewer rounds and the smaller particle sizes.
+profiles of the steps whose targets do not hold, with lower bounds, the kernel micro-benchmarks
+behind the attention code's choices, and (on CPU) the C library's allocator settings against
+`tune_cpu_allocator`. Every script tunes the allocator as the `sympformer` command does. About 25
+minutes on 2 CPU cores; --quick runs fewer rounds and the smaller particle sizes.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ def main() -> int:
         ["profile_steps.py"],
         ["kernels.py"],
     ]
+    if (args.device or "cpu") == "cpu":  # glibc's defaults against tune_cpu_allocator, fresh processes
+        jobs.append(["allocator.py", "--pairs", "2" if args.quick else "3"])
     if importlib.util.find_spec("transformers") is not None:
         jobs.insert(2, ["vs_transformers.py", *device, *rounds])
     else:
