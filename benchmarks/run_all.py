@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -49,7 +51,7 @@ def main() -> int:
         ["profile_steps.py"],
         ["kernels.py"],
     ]
-    if (args.device or "cpu") == "cpu":  # glibc's defaults against tune_cpu_allocator, fresh processes
+    if (args.device or ("cpu" if not torch.cuda.is_available() else "cuda")) == "cpu":  # fresh processes
         jobs.append(["allocator.py", "--pairs", "2" if args.quick else "3"])
     if importlib.util.find_spec("transformers") is not None:
         jobs.insert(2, ["vs_transformers.py", *device, *rounds])
