@@ -5,6 +5,9 @@ The bound: an architecture needs at least the reference's step plus its *extra* 
 attention-kernel time (aten mm/bmm, the fused attention forward and backward, the LU solves), as if
 every other operator it adds (elementwise algebra, copies, LayerNorms) were free.
 
+For the memory targets: the activations each architecture saves for the backward pass at the heavy,
+linear and v1 shapes, in total and by the code that saved them.
+
     python benchmarks/profile_steps.py [--cases heavy:B,heavy:H0,heavy:H1,...]
 """
 
@@ -21,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from blocks_step_time import SHAPES  # noqa: E402
 
 from sympformer import tune_cpu_allocator  # noqa: E402
-from sympformer.benchmarking import saved_storages, write_section  # noqa: E402
+from sympformer.benchmarking import saved_bytes_by_site, write_section  # noqa: E402
 from sympformer.nn import SympFormerConfig, SympFormerLM  # noqa: E402
 from sympformer.utils import markdown_table
 
@@ -99,25 +102,37 @@ def bounds_table(totals: dict[str, tuple[float, float]]) -> str:
     return "#### Lower bounds from the profiles\n\n" + markdown_table(header, rows) + "\n"
 
 
-def saved_activations(shape: str, archs: list[str]) -> str:
-    """Bytes that autograd keeps for the backward pass (distinct storages), per architecture: the
-    activation part of the training memory, free of allocator effects."""
+def saved_activations(shape: str, archs: list[str], top: int = 10) -> str:
+    """Bytes that autograd keeps for the backward pass (distinct storages) per architecture, in total
+    and by the code that saved them: the activation part of the training memory, free of allocator
+    effects, and what dominates it."""
     fields, batch, _, _ = SHAPES[shape]
     idx = torch.randint(
         0, fields["vocab_size"], (batch, fields["block_size"]), generator=torch.Generator().manual_seed(0)
     )
-    rows, base = [], None
+    by_site = {}
     for arch in archs:
         model = SympFormerLM(SympFormerConfig(**fields, arch=arch))
-        storages = saved_storages(lambda model=model: model(idx, idx, return_logits=False))
-        mib = sum(storages.values()) / 2**20
-        base = base or mib
-        rows.append([arch, f"{mib:,.1f}", len(storages), f"{mib / base:.2f}"])
+        by_site[arch] = saved_bytes_by_site(lambda model=model: model(idx, idx, return_logits=False))
+    mib = {arch: sum(sites.values()) / 2**20 for arch, sites in by_site.items()}
+    totals = [[arch, f"{mib[arch]:,.1f}", f"{mib[arch] / mib[archs[0]]:.2f}"] for arch in archs]
+    largest = sorted(
+        {site for sites in by_site.values() for site in sites},
+        key=lambda site: -max(sites.get(site, 0) for sites in by_site.values()),
+    )
+    rows = [[f"`{site}`", *(f"{by_site[arch].get(site, 0) / 2**20:,.1f}" for arch in archs)] for site in largest[:top]]
+    rest = [sum(v for site, v in by_site[arch].items() if site not in largest[:top]) / 2**20 for arch in archs]
+    rows.append(["everything else", *(f"{v:,.1f}" for v in rest)])
     return (
         f"#### Activations saved for the backward pass, shape `{shape}`\n\n"
-        + markdown_table(["arch", "MiB", "storages", f"× {archs[0]}"], rows)
+        + markdown_table(["arch", "MiB", f"× {archs[0]}"], totals)
+        + "\nBy the code that saved them (MiB; a recomputed region's inputs count for its caller):\n\n"
+        + markdown_table(["saved in", *archs], rows)
         + "\n"
     )
+
+
+SAVED = {"heavy": ["B", "H0", "H1", "R2"], "linear": ["B_L", "H0_L", "R2_L"], "v1": ["B", "v1_fe", "v1_pe"]}
 
 
 def main() -> None:
@@ -134,7 +149,7 @@ def main() -> None:
         tables.append(text)
         totals[case] = (total, kernels)
     body = bounds_table(totals) + "\n" + "\n".join(tables)
-    body += "\n" + saved_activations("heavy", ["B", "H0", "Y", "H1", "R2"])
+    body += "".join("\n" + saved_activations(shape, archs) for shape, archs in SAVED.items())
     print(body)
     write_section(args.results, "profiles-cpu", "Profiles of one training step (CPU)", body)
 

@@ -31,6 +31,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     device = ["--device", args.device] if args.device else []
+    on_cpu = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cpu"
     rounds = ["--rounds", "3" if args.quick else "7"]
     jobs = [
         ["blocks_step_time.py", *device, *rounds, "--repeats", "1" if args.quick else "2"],
@@ -51,10 +52,12 @@ def main() -> int:
         ["profile_steps.py"],
         ["kernels.py"],
     ]
-    if (args.device or ("cpu" if not torch.cuda.is_available() else "cuda")) == "cpu":  # fresh processes
+    if on_cpu:  # glibc's defaults against tune_cpu_allocator, in fresh processes
         jobs.append(["allocator.py", "--pairs", "2" if args.quick else "3"])
     if importlib.util.find_spec("transformers") is not None:
         jobs.insert(2, ["vs_transformers.py", *device, *rounds])
+        if on_cpu:  # and with glibc's default allocator, as a transformers user runs it
+            jobs.insert(3, ["vs_transformers.py", *device, *rounds, "--allocator", "system"])
     else:
         print("transformers is not installed: skipping the GPT-2 comparison (pip install -e '.[bench]')")
     failures = 0

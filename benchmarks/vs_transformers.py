@@ -3,7 +3,13 @@ same width, depth, heads, context and vocabulary; dropout 0; SDPA attention; tie
 steps on the same batches, interleaved in one process. Target (DESIGN.md): B tokens/s ≥ 1.2× GPT-2.
 
     pip install -e '.[bench]'   # transformers, only for this benchmark
-    python benchmarks/vs_transformers.py [--device cpu] [--shapes primary,heavy]
+    python benchmarks/vs_transformers.py [--device cpu] [--shapes primary,heavy] [--allocator tuned|system]
+
+On CPU the C library's allocator matters here: with glibc's defaults every step maps and faults in
+fresh pages for GPT-2's full (tokens × vocabulary) logits, log-softmax and gradient, while B's fused
+loss reuses one chunk-sized buffer. `--allocator tuned` (the default, as the `sympformer` command runs)
+gives both models `tune_cpu_allocator()`; `--allocator system` leaves glibc's defaults, as a
+`transformers` user gets them. Each setting writes its own RESULTS.md section.
 """
 
 from __future__ import annotations
@@ -99,19 +105,26 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--shapes", default="primary,heavy")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument(
+        "--allocator",
+        default="tuned",
+        choices=["tuned", "system"],
+        help="CPU: tune_cpu_allocator() for both models (default), or glibc's defaults",
+    )
     parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
     args = parser.parse_args()
-    tune_cpu_allocator()  # as the sympformer command does: no page faults per step (RESULTS.md, "CPU allocator")
+    tuned = args.allocator == "tuned" and tune_cpu_allocator()
     import transformers
 
     body = "\n".join(run(s, args.device, args.rounds, args.repeats, args.precision) for s in args.shapes.split(","))
+    device = args.device.split(":")[0]
+    allocator = "" if device != "cpu" else (", tuned allocator" if tuned else ", glibc's default allocator")
     body = f"transformers {transformers.__version__}\n\n" + body
     print(body)
-    device = args.device.split(":")[0]
     write_section(
         args.results,
-        f"vs-transformers-{device}-{args.precision}",
-        f"Baseline B vs transformers GPT-2 ({args.device}, {args.precision})",
+        f"vs-transformers-{device}-{args.precision}" + ("-system-allocator" if device == "cpu" and not tuned else ""),
+        f"Baseline B vs transformers GPT-2 ({args.device}, {args.precision}{allocator})",
         body,
         args.device,
     )

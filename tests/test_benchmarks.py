@@ -39,3 +39,27 @@ def test_sections_are_replaced_in_place_and_others_kept(tmp_path):
     assert "figures 1, rerun" in text and "figures 1\n" not in text and "figures 2" in text
     assert text.index("section:one") < text.index("section:two")  # the rerun kept its place
     assert "- machine:" in text and "- command:" in text and "date 20" in text
+
+
+def test_saved_bytes_by_site_splits_the_saved_storages_by_the_code_that_saved_them():
+    """The split sums to saved_storages' total, and the site that calls the ridge proxy's Function holds
+    at least its LU factors and pivots, whose size is known: (B, H, T, 2, r, r) float32 and
+    (B, H, T, 2, r) int32."""
+    import torch
+
+    from sympformer.benchmarking import saved_bytes_by_site, saved_storages
+    from sympformer.nn import SympFormerConfig, SympFormerLM
+
+    torch.manual_seed(0)
+    batch, heads, length, width = 2, 2, 24, 16
+    model = SympFormerLM(
+        SympFormerConfig(vocab_size=64, n_layer=1, n_head=heads, n_embd=width, block_size=length, arch="R2_L")
+    )
+    idx = torch.randint(0, 64, (batch, length))
+    run = lambda: model(idx, idx, return_logits=False)
+    sites = saved_bytes_by_site(run)
+    assert sum(sites.values()) == sum(saved_storages(run).values())
+    r = width // heads
+    lu_and_pivots = batch * heads * length * 2 * (r * r * 4 + r * 4)
+    assert sites["nn/linear_attention.py:PrefixLinearAttention._connection"] >= lu_and_pivots  # calls the Function
+    assert all(site.endswith(")") or ".py:" in site for site in sites)

@@ -63,10 +63,43 @@ def interleaved_times(
 def saved_storages(fn) -> dict[int, int]:
     """Run ``fn()`` and return {storage address: bytes} of the distinct storages autograd keeps for its
     backward pass: the activation part of the training memory, free of allocator effects."""
-    kept: dict[int, int] = {}
+    return {address: nbytes for address, (nbytes, _) in _saved(fn, lambda: "").items()}
+
+
+def saved_bytes_by_site(fn) -> dict[str, int]:
+    """Like :func:`saved_storages`, summed by the place in sympformer's code whose operation saved each
+    storage first ("nn/blocks.py:MomentumBlock.forward"; for a custom autograd Function, the code that
+    calls it, since its saved tensors are packed after its forward returns): what dominates the
+    activation memory."""
+    sites: dict[str, int] = {}
+    for nbytes, site in _saved(fn, _calling_site).values():
+        sites[site] = sites.get(site, 0) + nbytes
+    return dict(sorted(sites.items(), key=lambda item: -item[1]))
+
+
+_PACKAGE = str(Path(__file__).resolve().parent)
+_TRANSPARENT = (__file__, str(Path(_PACKAGE) / "nn" / "recompute.py"))
+
+
+def _calling_site() -> str:
+    """The innermost frame in the sympformer package outside this module and the recomputation wrapper,
+    as "path:qualified name" (a recomputed region's saved inputs count for the code that called it)."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if filename.startswith(_PACKAGE) and filename not in _TRANSPARENT:
+            return f"{Path(filename).relative_to(_PACKAGE).as_posix()}:{frame.f_code.co_qualname}"
+        frame = frame.f_back
+    return "(outside sympformer)"
+
+
+def _saved(fn, site: Callable[[], str]) -> dict[int, tuple[int, str]]:
+    kept: dict[int, tuple[int, str]] = {}
 
     def pack(tensor):
-        kept[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in kept:
+            kept[storage.data_ptr()] = (storage.nbytes(), site())
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):

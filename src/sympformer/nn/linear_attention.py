@@ -45,6 +45,7 @@ def prefix_linear(q: Tensor, k: Tensor, v: Tensor, chunk: int, state: Tensor | N
     """out_i = q_i · (state + Σ_{j≤i} k_j v_jᵀ) for (B, H, T, ·) inputs, by chunks of ``chunk`` positions;
     returns (out, final state)."""
     b, h, t, dk = q.shape
+    chunk = min(chunk, t)  # a short input (a generated token) is one chunk, not padded to a long one
     pad = (-t) % chunk
     if pad:
         q, k, v = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v))
@@ -67,6 +68,7 @@ def prefix_grams(a: Tensor, state: Tensor | None = None, chunk: int = 32) -> Ten
     reads (a running sum along the positions of the (T, r, r) layout is 5× slower, and one along
     the last dimension needs a layout copy; benchmarks/kernels.py)."""
     b, h, t, m, r = a.shape
+    chunk = min(chunk, t)
     pad = (-t) % chunk
     if pad:
         a = F.pad(a, (0, 0, 0, 0, 0, pad))

@@ -6,7 +6,9 @@ The gradients are formed chunk by chunk during the forward pass, where each chun
 still at hand (∂loss/∂logits = softmax − one-hot, divided by the token count):
     ∂loss/∂h = G W,   ∂loss/∂W = Gᵀ h.
 The full (tokens × vocabulary) logit matrix and its log-softmax are never stored, which saves their
-memory and two passes over them; the matrix products are those of the plain head. Without
+memory and two passes over them; the matrix products are those of the plain head. Each chunk's
+logits are turned into the gradient in place, with one exponential per logit (the log-softmax and
+then its exponential took two, and a second chunk-sized tensor). Without
 gradients (evaluation) the chunks only accumulate the loss.
 """
 
@@ -30,17 +32,28 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         total = torch.zeros((), dtype=acc, device=h.device)
         grad_h = torch.zeros_like(h) if need_grad else None
         grad_w = torch.zeros(weight.shape, dtype=acc, device=h.device) if need_grad else None
+        exact = h.dtype == weight.dtype == acc and not torch.is_autocast_enabled(h.device.type)
+        buffer = torch.empty(min(rows, n), vocab, dtype=acc, device=h.device)  # every chunk's logits
+        weight_acc = weight.to(acc)
         for start in range(0, n, rows):
             h_c, y_c, v_c = h[start : start + rows], targets[start : start + rows], valid[start : start + rows]
-            log_p = torch.log_softmax(F.linear(h_c, weight).to(acc), dim=-1)  # one fused pass
+            logits = buffer[: h_c.shape[0]]
+            if exact:
+                torch.mm(h_c, weight.T, out=logits)
+            else:  # autocast: the product in the autocast dtype, the rest in float32
+                logits.copy_(F.linear(h_c, weight))
             index = y_c.clamp_min(0).unsqueeze(1)
-            total -= (log_p.gather(1, index).squeeze(1) * v_c).sum()
+            target_logit = logits.gather(1, index)
+            top = logits.amax(1, keepdim=True)
+            exps = logits.sub_(top).exp_()  # e^{z − max z}, in place: one exponential per logit
+            sums = exps.sum(1, keepdim=True)
+            total += ((top + sums.log() - target_logit).squeeze(1) * v_c).sum()  # logsumexp − z_y
             if need_grad:
-                grad = log_p.exp_()  # softmax, in place
-                grad.scatter_add_(1, index, -torch.ones_like(index, dtype=acc))
-                grad *= (v_c.to(acc) / count).unsqueeze(1)
-                grad_h[start : start + rows] = grad @ weight.to(acc)
-                grad_w += grad.T @ h_c.to(acc)
+                weights = (v_c.to(acc) / count).unsqueeze(1)
+                grad = exps.mul_(weights / sums)  # (softmax − one-hot) · weight, in place
+                grad.scatter_add_(1, index, -weights)
+                grad_h[start : start + rows] = grad @ weight_acc
+                grad_w.addmm_(grad.T, h_c.to(acc))
         if need_grad:
             ctx.save_for_backward(grad_h, grad_w.to(weight.dtype))
         return total / count
