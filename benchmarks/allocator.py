@@ -31,7 +31,7 @@ import json, resource, sys, torch
 sys.path.insert(0, sys.argv[3])
 from blocks_step_time import SHAPES, train_step_fn
 from sympformer import tune_cpu_allocator
-from sympformer.benchmarking import interleaved_times, median
+from sympformer.benchmarking import interleaved_times, median, training_optimizer
 from sympformer.nn import SympFormerConfig, SympFormerLM
 tuned = tune_cpu_allocator()
 fields, batch, _, _ = SHAPES[sys.argv[1]]
@@ -40,7 +40,7 @@ idx = torch.randint(0, fields["vocab_size"], (batch, fields["block_size"]), gene
 steps = {}
 for arch in archs:
     model = SympFormerLM(SympFormerConfig(**fields, arch=arch))
-    steps[arch] = train_step_fn(model, idx, torch.optim.AdamW(model.parameters(), lr=1e-4), "fp32")
+    steps[arch] = train_step_fn(model, idx, training_optimizer(model), "fp32")
     steps[arch]()
 faults = {}
 for arch in archs:

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from sympformer import tune_cpu_allocator  # noqa: E402
-from sympformer.benchmarking import interleaved_times, median, write_section
+from sympformer.benchmarking import interleaved_times, median, training_optimizer, write_section
 from sympformer.nn import SympFormerConfig, SympFormerLM
 from sympformer.utils import markdown_table
 
@@ -55,7 +55,7 @@ def run(shape: str, device: str, rounds: int, repeats: int, precision: str, chec
     contenders = {}
     for arch in archs:
         model = SympFormerLM(SympFormerConfig(**fields, arch=arch)).to(device)
-        contenders[arch] = train_step_fn(model, idx, torch.optim.AdamW(model.parameters(), lr=1e-4), precision)
+        contenders[arch] = train_step_fn(model, idx, training_optimizer(model), precision)
     times = interleaved_times(contenders, rounds=rounds, repeats=repeats, device=device)
     med = {arch: median(times[arch]) for arch in archs}
     rows = [

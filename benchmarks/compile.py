@@ -19,13 +19,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from blocks_step_time import SHAPES  # noqa: E402
 
 from sympformer import tune_cpu_allocator  # noqa: E402
-from sympformer.benchmarking import interleaved_times, median, synchronize, write_section  # noqa: E402
+from sympformer.benchmarking import interleaved_times, median, synchronize, training_optimizer, write_section  # noqa: E402
 from sympformer.nn import SympFormerConfig, SympFormerLM  # noqa: E402
 from sympformer.utils import markdown_table
 
 
 def step_fn(model, idx):
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    optimizer = training_optimizer(model)
 
     def step():
         optimizer.zero_grad(set_to_none=True)

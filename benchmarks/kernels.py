@@ -10,7 +10,8 @@ variant of one question timed in the same process):
 - prefix-linear attention with r = 16 features by chunk length: 32 heads (the proxy's reverse pass),
   and 4 heads (the attention itself, the `linear_chunk` setting);
 - the CPU flash kernel: B's 4 heads × 32, one 128-wide head (the v1 oracle) and 129 wide with one
-  more key and query (the v1 sentinel pass).
+  more key and query (the v1 sentinel pass);
+- the AdamW step: for-loop, foreach and fused implementations.
 
     python benchmarks/kernels.py
 """
@@ -143,6 +144,18 @@ def main() -> None:
         x = [torch.randn(B, heads, length, width, generator=g, requires_grad=True) for _ in range(3)]
         attention = lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True)
         rows.append([label, milliseconds(backward(attention, *x), args.repeats)])
+
+    from sympformer.nn import SympFormerConfig, SympFormerLM
+
+    model = SympFormerLM(SympFormerConfig(vocab_size=50304, n_layer=4, n_head=4, n_embd=64, block_size=128, arch="H0"))
+    for parameter in model.parameters():
+        parameter.grad = torch.randn(parameter.shape, generator=g)
+    for kind in ("for-loop", "foreach", "fused"):
+        flags = {"foreach": kind == "foreach", "fused": kind == "fused"}
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, **flags)
+        used = " (used)" if kind == "fused" else ""
+        label = f"AdamW step over H0's parameters at the primary shape (6.7 M), {kind}{used}"
+        rows.append([label, milliseconds(optimizer.step, args.repeats)])
 
     body = markdown_table(["operation", "ms (median)"], [[name, f"{ms:.1f}"] for name, ms in rows])
     print(body)

@@ -33,11 +33,12 @@ CHILD = r"""
 import json, resource, sys, torch
 from torch.profiler import ProfilerActivity, profile
 from sympformer import tune_cpu_allocator
+from sympformer.benchmarking import training_optimizer
 from sympformer.nn import SympFormerConfig, SympFormerLM
 tune_cpu_allocator()
 fields, batch, arch, device = json.loads(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
 model = SympFormerLM(SympFormerConfig(**fields, arch=arch)).to(device)
-optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+optimizer = training_optimizer(model)
 idx = torch.randint(0, fields["vocab_size"], (batch, fields["block_size"]), device=device)
 rss_base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 def step():

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from blocks_step_time import SHAPES  # noqa: E402
 
 from sympformer import tune_cpu_allocator  # noqa: E402
-from sympformer.benchmarking import saved_bytes_by_site, write_section  # noqa: E402
+from sympformer.benchmarking import saved_bytes_by_site, training_optimizer, write_section  # noqa: E402
 from sympformer.nn import SympFormerConfig, SympFormerLM  # noqa: E402
 from sympformer.utils import markdown_table
 
@@ -51,7 +51,7 @@ def profile_case(shape: str, arch: str, rows: int) -> tuple[str, float, float]:
     median of three by operator time)."""
     fields, batch, _, _ = SHAPES[shape]
     model = SympFormerLM(SympFormerConfig(**fields, arch=arch))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    optimizer = training_optimizer(model)
     idx = torch.randint(
         0, fields["vocab_size"], (batch, fields["block_size"]), generator=torch.Generator().manual_seed(0)
     )

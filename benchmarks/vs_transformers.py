@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from sympformer import tune_cpu_allocator  # noqa: E402
-from sympformer.benchmarking import interleaved_times, median, write_section
+from sympformer.benchmarking import interleaved_times, median, training_optimizer, write_section
 from sympformer.nn import SympFormerConfig, SympFormerLM
 from sympformer.utils import markdown_table
 
@@ -51,7 +51,7 @@ def gpt2(fields: dict):
 
 
 def step_fn(model, idx, hf: bool, precision: str):
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    optimizer = training_optimizer(model)
 
     def step():
         optimizer.zero_grad(set_to_none=True)

@@ -60,6 +60,14 @@ def interleaved_times(
     return times
 
 
+def training_optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
+    """The trainer's optimiser (AdamW over its three groups, fused where the device has the kernel) at a
+    benchmark learning rate, so that a benchmarked step is the step `sympformer train` takes."""
+    from sympformer.train.optim import build_optimizer
+
+    return build_optimizer(model, lr=1e-4, weight_decay=0.1, scalar_lr_mult=1.0)
+
+
 def saved_storages(fn) -> dict[int, int]:
     """Run ``fn()`` and return {storage address: bytes} of the distinct storages autograd keeps for its
     backward pass: the activation part of the training memory, free of allocator effects."""

@@ -69,6 +69,30 @@ def test_optimizer_groups_and_learning_rates():
     assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
 
 
+def test_fused_optimizer_makes_the_for_loop_adamw_update():
+    """The trainer's optimiser uses PyTorch's fused AdamW on CPU; three steps of it agree with the
+    reference for-loop AdamW over the same groups to float32 rounding."""
+    from sympformer.train.optim import parameter_groups
+
+    torch.manual_seed(0)
+    config = SympFormerConfig(vocab_size=50, n_layer=2, n_head=2, n_embd=8, block_size=8, arch="R2")
+    fused_model, loop_model = SympFormerLM(config), SympFormerLM(config)
+    loop_model.load_state_dict(fused_model.state_dict())
+    fused = build_optimizer(fused_model, lr=1e-2, weight_decay=0.1, scalar_lr_mult=10.0)
+    loop = torch.optim.AdamW(
+        parameter_groups(loop_model, 1e-2, 0.1, 10.0), lr=1e-2, betas=(0.9, 0.95), foreach=False, fused=False
+    )
+    assert fused.defaults["fused"]
+    idx = torch.randint(0, 50, (2, 8))
+    for _ in range(3):
+        for model, optimizer in ((fused_model, fused), (loop_model, loop)):
+            optimizer.zero_grad()
+            model(idx, idx)[1].backward()
+            optimizer.step()
+    for a, b in zip(fused_model.parameters(), loop_model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_schedule_warmup_then_cosine_to_floor():
     peak, total, warmup, ratio = 1e-3, 100, 10, 0.1
     lrs = [learning_rate(s, peak, total, warmup, ratio) for s in range(total)]

@@ -48,7 +48,14 @@ def parameter_groups(model: nn.Module, lr: float, weight_decay: float, scalar_lr
 def build_optimizer(
     model: nn.Module, lr: float, weight_decay: float, scalar_lr_mult: float, betas=(0.9, 0.95)
 ) -> torch.optim.AdamW:
-    return torch.optim.AdamW(parameter_groups(model, lr, weight_decay, scalar_lr_mult), lr=lr, betas=tuple(betas))
+    """AdamW over the three groups, with PyTorch's fused kernel where the parameters' device has one (CPU
+    and CUDA): one pass per parameter instead of a dozen elementwise operations, about 3.5× faster on CPU
+    (benchmarks/kernels.py), deterministic, and the same update to rounding."""
+    groups = parameter_groups(model, lr, weight_decay, scalar_lr_mult)
+    try:
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=True)
+    except RuntimeError:  # a device or dtype without the fused kernel
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas))
 
 
 def learning_rate(step: int, peak: float, total: int, warmup: int, min_lr_ratio: float) -> float:
