@@ -30,10 +30,10 @@ CHILD = r"""
 import json, resource, sys, torch
 sys.path.insert(0, sys.argv[3])
 from blocks_step_time import SHAPES, train_step_fn
-from sympformer import tune_cpu_allocator
+from sympformer.allocator import apply_allocator_choice
 from sympformer.benchmarking import interleaved_times, median, training_optimizer
 from sympformer.nn import SympFormerConfig, SympFormerLM
-tuned = tune_cpu_allocator()
+tuned = apply_allocator_choice()
 fields, batch, _, _ = SHAPES[sys.argv[1]]
 archs = sys.argv[2].split(",")
 idx = torch.randint(0, fields["vocab_size"], (batch, fields["block_size"]), generator=torch.Generator().manual_seed(0))

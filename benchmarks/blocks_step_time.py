@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from sympformer import tune_cpu_allocator  # noqa: E402
+from sympformer.allocator import apply_allocator_choice  # noqa: E402
 from sympformer.benchmarking import interleaved_times, median, training_optimizer, write_section
 from sympformer.nn import SympFormerConfig, SympFormerLM
 from sympformer.utils import markdown_table
@@ -86,7 +86,7 @@ def main() -> None:
     )
     parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
     args = parser.parse_args()
-    tune_cpu_allocator()  # as the sympformer command does: no page faults per step (RESULTS.md, "CPU allocator")
+    apply_allocator_choice()  # as the sympformer command does (SYMPFORMER_CPU_ALLOCATOR)
     for shape in args.shapes.split(","):
         body = run(shape, args.device, args.rounds, args.repeats, args.precision, args.activation_checkpointing)
         print(body)

@@ -18,7 +18,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from blocks_step_time import SHAPES  # noqa: E402
 
-from sympformer import tune_cpu_allocator  # noqa: E402
+from sympformer.allocator import apply_allocator_choice  # noqa: E402
 from sympformer.benchmarking import interleaved_times, median, synchronize, training_optimizer, write_section  # noqa: E402
 from sympformer.nn import SympFormerConfig, SympFormerLM  # noqa: E402
 from sympformer.utils import markdown_table
@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
     args = parser.parse_args()
-    tune_cpu_allocator()  # as the sympformer command does: no page faults per step (RESULTS.md, "CPU allocator")
+    apply_allocator_choice()  # as the sympformer command does (SYMPFORMER_CPU_ALLOCATOR)
     fields, batch, _, _ = SHAPES[args.shape]
     idx = torch.randint(
         0, fields["vocab_size"], (batch, fields["block_size"]), generator=torch.Generator().manual_seed(0)

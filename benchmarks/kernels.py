@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from sympformer import tune_cpu_allocator
+from sympformer.allocator import apply_allocator_choice
 from sympformer.benchmarking import write_section
 from sympformer.nn.linear_attention import _RidgeProxySolves, prefix_grams, prefix_linear
 from sympformer.utils import markdown_table
@@ -60,7 +60,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
     args = parser.parse_args()
-    tune_cpu_allocator()
+    apply_allocator_choice()  # as the sympformer command does (SYMPFORMER_CPU_ALLOCATOR)
     g = torch.Generator().manual_seed(0)
     rows = []
 

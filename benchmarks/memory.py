@@ -32,10 +32,10 @@ from sympformer.utils import markdown_table
 CHILD = r"""
 import json, resource, sys, torch
 from torch.profiler import ProfilerActivity, profile
-from sympformer import tune_cpu_allocator
+from sympformer.allocator import apply_allocator_choice
 from sympformer.benchmarking import training_optimizer
 from sympformer.nn import SympFormerConfig, SympFormerLM
-tune_cpu_allocator()
+apply_allocator_choice()
 fields, batch, arch, device = json.loads(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
 model = SympFormerLM(SympFormerConfig(**fields, arch=arch)).to(device)
 optimizer = training_optimizer(model)

@@ -23,7 +23,7 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from blocks_step_time import SHAPES  # noqa: E402
 
-from sympformer import tune_cpu_allocator  # noqa: E402
+from sympformer.allocator import apply_allocator_choice  # noqa: E402
 from sympformer.benchmarking import saved_bytes_by_site, training_optimizer, write_section  # noqa: E402
 from sympformer.nn import SympFormerConfig, SympFormerLM  # noqa: E402
 from sympformer.utils import markdown_table
@@ -142,7 +142,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=8)
     parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
     args = parser.parse_args()
-    tune_cpu_allocator()  # as the sympformer command does: no page faults per step (RESULTS.md, "CPU allocator")
+    apply_allocator_choice()  # as the sympformer command does (SYMPFORMER_CPU_ALLOCATOR)
     tables, totals = [], {}
     for case in args.cases.split(","):
         text, total, kernels = profile_case(*case.split(":"), args.rows)

@@ -7,7 +7,7 @@ then the heavy and v1 shapes with activation checkpointing), peak memory (both m
 transformers' GPT-2, torch.compile on/off (primary and v1 shapes), the particle-lab scale, and
 profiles of the steps whose targets do not hold, with lower bounds, the kernel micro-benchmarks
 behind the attention code's choices, and (on CPU) the C library's allocator settings against
-`tune_cpu_allocator`. Every script tunes the allocator as the `sympformer` command does. About 25
+`tune_cpu_allocator`. Every script honours SYMPFORMER_CPU_ALLOCATOR as the `sympformer` command does. About 25
 minutes on 2 CPU cores; --quick runs fewer rounds and the smaller particle sizes.
 """
 
@@ -56,8 +56,8 @@ def main() -> int:
         jobs.append(["allocator.py", "--pairs", "2" if args.quick else "3"])
     if importlib.util.find_spec("transformers") is not None:
         jobs.insert(2, ["vs_transformers.py", *device, *rounds])
-        if on_cpu:  # and with glibc's default allocator, as a transformers user runs it
-            jobs.insert(3, ["vs_transformers.py", *device, *rounds, "--allocator", "system"])
+        if on_cpu:  # and with both models on the tuned allocator (no page faults for GPT-2's logits)
+            jobs.insert(3, ["vs_transformers.py", *device, *rounds, "--allocator", "tuned"])
     else:
         print("transformers is not installed: skipping the GPT-2 comparison (pip install -e '.[bench]')")
     failures = 0

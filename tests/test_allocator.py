@@ -1,5 +1,6 @@
-"""tune_cpu_allocator: freed large blocks stay in the process, so allocating them again costs no page
-faults (checked in fresh processes: the setting is per process and cannot be undone)."""
+"""The opt-in allocator setting: with SYMPFORMER_CPU_ALLOCATOR=tuned freed large blocks stay in the
+process, so allocating them again costs no page faults; by default nothing changes (checked in fresh
+processes: the setting is per process and cannot be undone)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,12 @@ import sys
 
 import pytest
 
-from sympformer.allocator import ENV, tune_cpu_allocator
+from sympformer.allocator import ENV, apply_allocator_choice
 
 PROBE = r"""
 import json, resource, torch
-from sympformer import tune_cpu_allocator
-tuned = tune_cpu_allocator()
+from sympformer.allocator import apply_allocator_choice
+tuned = apply_allocator_choice()
 def faults_of_one_step():
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(4):
@@ -33,7 +34,7 @@ glibc = pytest.mark.skipif(
 
 
 def probe(**env) -> dict:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k not in ("GLIBC_TUNABLES", ENV)}
     result = subprocess.run(
         [sys.executable, "-c", PROBE], capture_output=True, text=True, env={**clean, **env}, timeout=120, check=True
     )
@@ -43,8 +44,9 @@ def probe(**env) -> dict:
 @glibc
 def test_tuned_allocator_reuses_freed_blocks_without_page_faults():
     pages = 4 * 16 * 2**20 * 4 // 4096  # what four fresh 64 MiB blocks fault in
-    system, tuned = probe(**{ENV: "system"}), probe(**{ENV: "tuned"})
-    assert not system["tuned"] and tuned["tuned"]
+    system, tuned, default = probe(**{ENV: "system"}), probe(**{ENV: "tuned"}), probe()
+    assert not system["tuned"] and tuned["tuned"] and not default["tuned"]
+    assert default["faults"] > pages // 2
     assert system["faults"] > pages // 2  # glibc maps and unmaps every block
     assert tuned["faults"] < pages // 50
 
@@ -56,5 +58,5 @@ def test_own_malloc_settings_are_left_alone():
 
 def test_unknown_choice_is_an_error(monkeypatch):
     monkeypatch.setenv(ENV, "jemalloc")
-    with pytest.raises(ValueError, match="'tuned' .* or 'system'"):
-        tune_cpu_allocator()
+    with pytest.raises(ValueError, match="'system' .* or 'tuned'"):
+        apply_allocator_choice()

@@ -13,9 +13,13 @@ handed back fragments (RESULTS.md, "Peak training memory": the RSS column). The 
 by ``benchmarks/allocator.py`` (RESULTS.md, "CPU allocator"): large where a step allocates and frees
 blocks above glibc's adaptive limit of 32 MiB (a 50k-vocabulary head), none where it does not.
 
-The ``sympformer`` command and the benchmark scripts call it on start. Library users call
-``sympformer.tune_cpu_allocator()`` themselves. Set ``SYMPFORMER_CPU_ALLOCATOR=system`` to keep the C
-library's defaults; any ``MALLOC_*`` / ``GLIBC_TUNABLES`` settings of your own are left alone too.
+Since the fused loss reuses one logits buffer and the trainer's AdamW is fused, a training step no
+longer churns such blocks, and tuning measured 0.94–1.05× on every benchmark shape (RESULTS.md,
+"CPU allocator"), so it is **opt-in**: ``SYMPFORMER_CPU_ALLOCATOR=tuned`` makes the ``sympformer``
+command and the benchmark scripts call it (:func:`apply_allocator_choice`); library users may call
+``sympformer.tune_cpu_allocator()`` themselves. Any ``MALLOC_*`` / ``GLIBC_TUNABLES`` settings of your
+own are left alone. It matters for a workload that frees blocks above 32 MiB every step, such as a
+plain (tokens × 50k) logit matrix: `benchmarks/vs_transformers.py` runs GPT-2 both ways.
 """
 
 from __future__ import annotations
@@ -33,13 +37,10 @@ ENV = "SYMPFORMER_CPU_ALLOCATOR"
 
 def tune_cpu_allocator() -> bool:
     """Raise glibc's mmap and trim thresholds to the maximum for this process. Returns True when they
-    were set; False (and changes nothing) when ``SYMPFORMER_CPU_ALLOCATOR=system``, when the user set
-    glibc malloc options of their own, or off Linux/glibc."""
-    choice = os.environ.get(ENV, "tuned")
-    if choice not in ("tuned", "system"):
-        raise ValueError(f"{ENV}={choice!r}: expected 'tuned' (the default) or 'system'")
+    were set; False (and changes nothing) when the user set glibc malloc options of their own, or off
+    Linux/glibc."""
     own_settings = "GLIBC_TUNABLES" in os.environ or any(name.startswith("MALLOC_") for name in os.environ)
-    if choice == "system" or sys.platform != "linux" or own_settings:
+    if sys.platform != "linux" or own_settings:
         return False
     try:
         mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
@@ -47,3 +48,12 @@ def tune_cpu_allocator() -> bool:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return mallopt(M_MMAP_THRESHOLD, LARGEST) == 1 and mallopt(M_TRIM_THRESHOLD, LARGEST) == 1
+
+
+def apply_allocator_choice() -> bool:
+    """What ``SYMPFORMER_CPU_ALLOCATOR`` asks for: "system" (the default) leaves the C library alone,
+    "tuned" calls :func:`tune_cpu_allocator`. Returns whether the allocator was tuned."""
+    choice = os.environ.get(ENV, "system")
+    if choice not in ("system", "tuned"):
+        raise ValueError(f"{ENV}={choice!r}: expected 'system' (the default) or 'tuned'")
+    return choice == "tuned" and tune_cpu_allocator()

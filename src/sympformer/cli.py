@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from sympformer import __version__
-from sympformer.allocator import tune_cpu_allocator
+from sympformer.allocator import apply_allocator_choice
 from sympformer.commands import audit, compare, data, demo, particles, sample, train
 
 SUBCOMMANDS = (demo, particles, data, train, sample, compare, audit)
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    tune_cpu_allocator()  # freed activations stay in the process: no page faults per step (allocator.py)
+    apply_allocator_choice()  # SYMPFORMER_CPU_ALLOCATOR=tuned keeps freed memory in the process (allocator.py)
     try:
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:

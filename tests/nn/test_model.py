@@ -236,7 +236,9 @@ def test_recomputed_algebra_changes_no_bit_and_saves_memory(monkeypatch, arch):
     logits and gradients as the plain graph, and autograd keeps less."""
     import sympformer.nn.attention as attention_module
     import sympformer.nn.blocks as blocks_module
+    import sympformer.nn.recompute as recompute_module
 
+    monkeypatch.setattr(recompute_module, "MIN_ELEMENTS", 0)  # tiny activations: recompute them anyway
     idx = tokens()
     logits, grads = outputs_and_grads(tiny_model(arch), idx)
     recomputing = saved_bytes(tiny_model(arch), idx)
@@ -249,6 +251,20 @@ def test_recomputed_algebra_changes_no_bit_and_saves_memory(monkeypatch, arch):
         assert torch.equal(grads[name], grad), name
     stream = idx.numel() * TINY["n_embd"] * 8  # one (B, T, C) float64 tensor
     assert saved_bytes(tiny_model(arch), idx) - recomputing >= 2 * stream * TINY["n_layer"]
+
+
+def test_small_activations_are_not_recomputed(monkeypatch):
+    """Below MIN_ELEMENTS the region runs plainly (no checkpoint frame); at or above it, it is recomputed."""
+    import sympformer.nn.recompute as recompute_module
+
+    calls = []
+    monkeypatch.setattr(recompute_module, "checkpoint", lambda fn, *xs, **kw: calls.append(len(xs)) or fn(*xs))
+    x = torch.randn(4, 8, requires_grad=True)
+    monkeypatch.setattr(recompute_module, "MIN_ELEMENTS", 33)
+    assert torch.equal(recompute_module.recomputed(torch.tanh, x), torch.tanh(x)) and calls == []
+    monkeypatch.setattr(recompute_module, "MIN_ELEMENTS", 32)
+    recompute_module.recomputed(torch.tanh, x)
+    assert calls == [1]
 
 
 @pytest.mark.parametrize("arch", ["B", "H1", "R2_LA", "R2_L", "v1_ab2", "v1_strang", "v1_lin_etd_ab2"])
