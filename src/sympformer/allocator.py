@@ -9,17 +9,17 @@ every step faults in, and zero-fills, fresh pages for them. :func:`tune_cpu_allo
 thresholds to their maximum (2 GiB): freed blocks stay in the heap and are reused by the next step.
 The process then keeps its footprint until it exits, as a GPU caching allocator does. What PyTorch
 holds at the peak does not change, but the resident set can exceed it, since a heap that is never
-handed back fragments (RESULTS.md, "Peak training memory": the RSS column). The speed-up is measured
-by ``benchmarks/allocator.py`` (RESULTS.md, "CPU allocator"): large where a step allocates and frees
-blocks above glibc's adaptive limit of 32 MiB (a 50k-vocabulary head), none where it does not.
+handed back fragments.
 
-Since the fused loss reuses one logits buffer and the trainer's AdamW is fused, a training step no
-longer churns such blocks, and tuning measured 0.94–1.05× on every benchmark shape (RESULTS.md,
-"CPU allocator"), so it is **opt-in**: ``SYMPFORMER_CPU_ALLOCATOR=tuned`` makes the ``sympformer``
-command and the benchmark scripts call it (:func:`apply_allocator_choice`); library users may call
-``sympformer.tune_cpu_allocator()`` themselves. Any ``MALLOC_*`` / ``GLIBC_TUNABLES`` settings of your
-own are left alone. It matters for a workload that frees blocks above 32 MiB every step, such as a
-plain (tokens × 50k) logit matrix: `benchmarks/vs_transformers.py` runs GPT-2 both ways.
+It matters for a workload that frees blocks above 32 MiB every step, such as a plain (tokens × 50k)
+logit matrix: `benchmarks/vs_transformers.py` runs GPT-2 both ways. sympformer's own training step
+no longer does (the fused loss reuses one logits buffer; the trainer's AdamW is fused): tuning
+measured 0.94–1.20× over two runs of ``benchmarks/allocator.py``, within the machine's drift between
+processes (RESULTS.md, "CPU allocator"; before those fixes it was 1.3–1.5× at the vocabulary-heavy
+shapes). So it is **opt-in**: ``SYMPFORMER_CPU_ALLOCATOR=tuned`` makes the ``sympformer`` command and
+the benchmark scripts call it (:func:`apply_allocator_choice`), and library users may call
+``sympformer.tune_cpu_allocator()`` themselves. ``MALLOC_*`` / ``GLIBC_TUNABLES`` settings of your
+own are left alone.
 """
 
 from __future__ import annotations

@@ -32,16 +32,18 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         total = torch.zeros((), dtype=acc, device=h.device)
         grad_h = torch.zeros_like(h) if need_grad else None
         grad_w = torch.zeros(weight.shape, dtype=acc, device=h.device) if need_grad else None
-        exact = h.dtype == weight.dtype == acc and not torch.is_autocast_enabled(h.device.type)
-        buffer = torch.empty(min(rows, n), vocab, dtype=acc, device=h.device)  # every chunk's logits
+        # one buffer for every chunk's logits, in eager mode: no chunk-sized allocation per chunk. Under
+        # autocast the product runs in the autocast dtype; under torch.compile inductor plans the memory.
+        reuse = h.dtype == weight.dtype == acc and not torch.is_autocast_enabled(h.device.type)
+        reuse = reuse and not torch.compiler.is_compiling()
+        buffer = torch.empty(min(rows, n), vocab, dtype=acc, device=h.device) if reuse else None
         weight_acc = weight.to(acc)
         for start in range(0, n, rows):
             h_c, y_c, v_c = h[start : start + rows], targets[start : start + rows], valid[start : start + rows]
-            logits = buffer[: h_c.shape[0]]
-            if exact:
-                torch.mm(h_c, weight.T, out=logits)
-            else:  # autocast: the product in the autocast dtype, the rest in float32
-                logits.copy_(F.linear(h_c, weight))
+            if reuse:
+                logits = torch.mm(h_c, weight.T, out=buffer[: h_c.shape[0]])
+            else:
+                logits = F.linear(h_c, weight).to(acc)
             index = y_c.clamp_min(0).unsqueeze(1)
             target_logit = logits.gather(1, index)
             top = logits.amax(1, keepdim=True)
