@@ -65,7 +65,7 @@ def prefix_grams(a: Tensor, state: Tensor | None = None, chunk: int = 32) -> Ten
 
     By chunks of positions: within a chunk one product with a lower-triangular matrix of ones, across
     chunks a running sum of the chunk totals, written straight into the layout the factorisation
-    reads (a running sum along the positions of the (T, r, r) layout is 5× slower, and one along
+    reads (a running sum along the positions of the (T, r, r) layout is 2–4× slower, and one along
     the last dimension needs a layout copy; benchmarks/kernels.py)."""
     b, h, t, m, r = a.shape
     chunk = min(chunk, t)
