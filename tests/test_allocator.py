@@ -60,3 +60,11 @@ def test_unknown_choice_is_an_error(monkeypatch):
     monkeypatch.setenv(ENV, "jemalloc")
     with pytest.raises(ValueError, match="'system' .* or 'tuned'"):
         apply_allocator_choice()
+
+
+def test_the_command_line_reports_a_bad_choice_and_runs_nothing(monkeypatch, capsys):
+    from sympformer.cli import main
+
+    monkeypatch.setenv(ENV, "jemalloc")
+    assert main(["audit", "causality"]) == 2  # parsed, then refused before the audit runs
+    assert "SYMPFORMER_CPU_ALLOCATOR='jemalloc'" in capsys.readouterr().err

@@ -96,7 +96,8 @@ def _calling_site() -> str:
     while frame is not None:
         filename = frame.f_code.co_filename
         if filename.startswith(_PACKAGE) and filename not in _TRANSPARENT:
-            return f"{Path(filename).relative_to(_PACKAGE).as_posix()}:{frame.f_code.co_qualname}"
+            name = getattr(frame.f_code, "co_qualname", frame.f_code.co_name)  # co_qualname: Python ≥ 3.11
+            return f"{Path(filename).relative_to(_PACKAGE).as_posix()}:{name}"
         frame = frame.f_back
     return "(outside sympformer)"
 

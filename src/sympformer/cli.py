@@ -23,6 +23,10 @@ def build_parser() -> argparse.ArgumentParser:
             "Accelerated attention: attention as an interacting particle system and its inertial "
             "(damped-Hamiltonian) acceleration. Run `sympformer COMMAND --help` for each command."
         ),
+        epilog=(
+            "environment: SYMPFORMER_CPU_ALLOCATOR=tuned keeps freed CPU memory in the process (glibc); "
+            "the default, system, leaves the C library's allocator as it is."
+        ),
     )
     parser.add_argument("--version", action="version", version=f"sympformer {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -37,7 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    apply_allocator_choice()  # SYMPFORMER_CPU_ALLOCATOR=tuned keeps freed memory in the process (allocator.py)
+    try:
+        apply_allocator_choice()  # SYMPFORMER_CPU_ALLOCATOR=tuned keeps freed memory in the process (allocator.py)
+    except ValueError as error:
+        print(f"sympformer: {error}", file=sys.stderr)
+        return 2
     try:
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:
