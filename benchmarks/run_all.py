@@ -6,9 +6,10 @@ Order: block step times (every architecture family, two softmax shapes, the line
 then the heavy and v1 shapes with activation checkpointing), peak memory (both modes), B against
 transformers' GPT-2, torch.compile on/off (primary and v1 shapes), the particle-lab scale, and
 profiles of the steps whose targets do not hold, with lower bounds, the kernel micro-benchmarks
-behind the attention code's choices, and (on CPU) the C library's allocator settings against
-`tune_cpu_allocator`. Every script honours SYMPFORMER_CPU_ALLOCATOR as the `sympformer` command does. About 25
-minutes on 2 CPU cores; --quick runs fewer rounds and the smaller particle sizes.
+behind the attention code's choices, and on CPU the C library's allocator settings against
+`tune_cpu_allocator` and the recompute threshold on and off. Every script honours
+SYMPFORMER_CPU_ALLOCATOR as the `sympformer` command does. About 27 minutes on 2 CPU cores; --quick
+runs fewer rounds and the smaller particle sizes.
 """
 
 from __future__ import annotations
@@ -52,8 +53,9 @@ def main() -> int:
         ["profile_steps.py"],
         ["kernels.py"],
     ]
-    if on_cpu:  # glibc's defaults against tune_cpu_allocator, in fresh processes
+    if on_cpu:  # glibc's defaults against tune_cpu_allocator (fresh processes); the recompute threshold
         jobs.append(["allocator.py", "--pairs", "2" if args.quick else "3"])
+        jobs.append(["recompute_threshold.py", *rounds])
     if importlib.util.find_spec("transformers") is not None:
         jobs.insert(2, ["vs_transformers.py", *device, *rounds])
         if on_cpu:  # and with both models on the tuned allocator (no page faults for GPT-2's logits)

@@ -62,4 +62,4 @@ def test_saved_bytes_by_site_splits_the_saved_storages_by_the_code_that_saved_th
     r = width // heads
     lu_and_pivots = batch * heads * length * 2 * (r * r * 4 + r * 4)
     assert sites["nn/linear_attention.py:PrefixLinearAttention._connection"] >= lu_and_pivots  # calls the Function
-    assert all(site.endswith(")") or ".py:" in site for site in sites)
+    assert "(outside sympformer)" not in sites  # every saved tensor is traced to the model's code

@@ -3,9 +3,10 @@ ops, LayerNorms and small products), which trades a little arithmetic for fewer 
 
 Each recomputed region costs a fixed Python and autograd overhead (a checkpoint frame, its hooks, a
 second forward), so small activations are not recomputed: below ``MIN_ELEMENTS`` elements in the
-region's first input the saving is a fraction of a MiB and the overhead is what shows (at the paper's
-primary shape, 8 × 128 × 64, recomputing cost Y 14 % and H0 3 % of a training step; at the
-attention-heavy shape it keeps H0's saved activations at 1.17× B's instead of 1.32×; RESULTS.md).
+region's first input the saving is about 1 MiB a layer and the overhead is what shows: at the paper's
+primary shape (8 × 128 × 64) recomputing everything cost Y and H0 4–8 % of a training step for 3 MiB
+less saved, while at the attention-heavy shape it keeps H0's saved activations at 1.17× B's instead
+of 1.32× (benchmarks/recompute_threshold.py, RESULTS.md "Recomputed momentum algebra").
 """
 
 from __future__ import annotations
