@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from sympformer import softmax_ops
 from sympformer.benchmarking import saved_storages
 from sympformer.softmax_ops import softmax_average_of, softmax_average_with_normaliser, softmax_log_normaliser
 
@@ -71,13 +72,77 @@ def test_masked_average_falls_back_to_sdpa_exactly():
     torch.testing.assert_close(out, torch.softmax(scores, -1) @ v, rtol=0, atol=1e-13)
 
 
-@pytest.mark.parametrize("scale", [0.1, 30.0])
-def test_sentinel_normaliser_equals_logsumexp(scale):
-    q, k, v = inputs((4, 4, 3))
+def dense_log_normaliser(q, k, scale, causal):
     scores = scale * q @ k.mT
-    scores = scores.masked_fill(torch.ones(9, 9, dtype=torch.bool).triu(1), float("-inf"))
-    expected = torch.logsumexp(scores, -1)
+    if causal:
+        scores = scores.masked_fill(torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool).triu(1), float("-inf"))
+    return torch.logsumexp(scores, -1)
+
+
+@pytest.fixture(params=["kernel", "sentinel"])
+def normaliser_path(request, monkeypatch):
+    """The CPU kernel's own log-normaliser, or (as on a GPU) the sentinel key."""
+    if request.param == "sentinel":
+        monkeypatch.setattr(softmax_ops, "_cpu_flash_applies", lambda *args, **kwargs: False)
+    return request.param
+
+
+@pytest.mark.parametrize("scale", [0.1, 30.0])
+def test_normaliser_equals_logsumexp(scale, normaliser_path):
+    q, k, v = inputs((4, 4, 3))
+    expected = dense_log_normaliser(q, k, scale, causal=True)
     torch.testing.assert_close(softmax_log_normaliser(q, k, scale=scale, causal=True), expected, rtol=1e-12, atol=1e-10)
     average, log_norm = softmax_average_with_normaliser(q, k, v, expected.detach() - 1.0, scale=scale, causal=True)
     torch.testing.assert_close(log_norm, expected, rtol=1e-12, atol=1e-10)
-    torch.testing.assert_close(average, torch.softmax(scores, -1) @ v, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(average, dense_average(q, k, v, scale, True), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("scale", [0.3, 30.0])
+def test_average_and_normaliser_gradients_equal_dense_softmax(causal, scale, normaliser_path):
+    """Gradients through the average and the normaliser together (the CPU kernel folds dL into its
+    own backward pass through one extra column) against a dense float64 softmax."""
+    q, k, v = inputs((5, 5, 4))
+    g = torch.Generator().manual_seed(7)
+    centre = lambda: dense_log_normaliser(q, k, scale, causal).detach() + 0.5
+    average, log_norm = softmax_average_with_normaliser(q, k, v, centre, scale=scale, causal=causal)
+    w_avg, w_norm = (
+        torch.randn(average.shape, generator=g, dtype=q.dtype),
+        torch.randn(log_norm.shape, generator=g, dtype=q.dtype),
+    )
+    grads = torch.autograd.grad((average * w_avg).sum() + (log_norm * w_norm).sum(), [q, k, v])
+    reference = (dense_average(q, k, v, scale, causal) * w_avg).sum() + (
+        dense_log_normaliser(q, k, scale, causal) * w_norm
+    ).sum()
+    for got, want in zip(grads, torch.autograd.grad(reference, [q, k, v]), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    only_norm = torch.autograd.grad((softmax_log_normaliser(q, k, scale=scale, causal=causal) * w_norm).sum(), [q, k])
+    for got, want in zip(
+        only_norm, torch.autograd.grad((dense_log_normaliser(q, k, scale, causal) * w_norm).sum(), [q, k]), strict=True
+    ):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+def test_kernel_normaliser_passes_gradcheck_and_needs_no_centre():
+    q, k, v = inputs((3, 3, 2), length=5)
+
+    def unused_centre():
+        raise AssertionError("the CPU kernel path must not evaluate the sentinel centre")
+
+    def both(q, k, v):
+        average, log_norm = softmax_average_with_normaliser(q, k, v, unused_centre, scale=0.8, causal=True)
+        return average, log_norm
+
+    assert torch.autograd.gradcheck(both, (q, k, v))
+
+
+def test_kernel_normaliser_under_bf16_autocast_tracks_float64():
+    q, k, v = inputs((16, 16, 16), dtype=torch.float32, length=32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        average, log_norm = softmax_average_with_normaliser(q, k, v, None, scale=0.25, causal=True)
+    expected = dense_log_normaliser(q.double(), k.double(), 0.25, True)
+    torch.testing.assert_close(log_norm.double(), expected, rtol=0, atol=5e-2)
+    (grad_q,) = torch.autograd.grad(log_norm.float().sum(), [q])
+    (want_q,) = torch.autograd.grad(dense_log_normaliser(q.double(), k.double(), 0.25, True).sum(), [q])
+    assert torch.isfinite(grad_q).all()
+    torch.testing.assert_close(grad_q.double(), want_q.double(), rtol=0, atol=5e-2)

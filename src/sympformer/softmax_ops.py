@@ -5,14 +5,18 @@ for some values v; several averages with the same P are one SDPA call on concate
 Fused kernels (flash / memory-efficient, CPU included) need q, k and v of one width, so the
 helpers zero-pad to a common width (padding q and k adds nothing to the scores).
 
-The normaliser L_i = log Σ_j exp(scale·q_i·k_j) is not returned by SDPA. It is recovered from a
-*sentinel key*: one extra key whose score for query i is a chosen centre c_i, and whose one-hot
-value returns π_i = e^{c_i} / (e^{c_i} + e^{L_i}); then L_i = c_i + log(1 − π_i) − log π_i exactly,
-for any c_i. With c_i the expected score E_P[s_i] (entropy bound: L_i − log n ≤ E_P[s_i] ≤ L_i),
+The normaliser L_i = log Σ_j exp(scale·q_i·k_j) comes from the fused CPU kernel itself, which
+computes it anyway (its gradient folded into the kernel's backward pass). SDPA does not return it, so
+elsewhere (GPU, masks) it is recovered from a *sentinel key*: one extra key whose score for query i
+is a chosen centre c_i, and whose one-hot value returns π_i = e^{c_i} / (e^{c_i} + e^{L_i}); then
+L_i = c_i + log(1 − π_i) − log π_i exactly, for any c_i. With c_i the expected score E_P[s_i] (entropy bound: L_i − log n ≤ E_P[s_i] ≤ L_i),
 π_i ∈ [1/(1+n), 1/2], so nothing overflows or underflows at any scale of the scores.
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -28,17 +32,23 @@ _CPU_FLASH_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 
 
 class _CPUFlashAverage(torch.autograd.Function):
-    r"""Σ_j softmax_j(scale·q_i·k_j) v_j through PyTorch's fused CPU kernel, with v given as pieces of
-    any widths. The kernel wants q, k and v of one width W, so they are zero-padded to W inside; what
-    is saved for the backward pass is the *unpadded* q, k and pieces plus the output and the row
-    log-normaliser, and the padding is rebuilt in the backward pass. Compared with padding outside
-    the autograd graph this keeps neither the padded q, k nor the concatenated values alive between
-    the forward and the backward pass (H1's saved activations at the heavy shape: 352.8 → 224.5 MiB
-    together with the recomputed connection algebra; benchmarks/profile_steps.py). Inputs are
-    (B, H, L, ·); no mask, no dropout."""
+    r"""(Σ_j softmax_j(scale·q_i·k_j) v_j, L_i) through PyTorch's fused CPU kernel, with v given as pieces
+    of any widths and L_i = log Σ_j exp(scale·q_i·k_j) the row log-normaliser the kernel computes anyway.
+    The kernel wants q, k and v of one width W, so they are zero-padded to W inside; what is saved for
+    the backward pass is the *unpadded* q, k and pieces plus the output and L, and the padding is
+    rebuilt in the backward pass. Compared with padding outside the autograd graph this keeps neither
+    the padded q, k nor the concatenated values alive between the forward and the backward pass (H1's
+    saved activations at the heavy shape: 352.8 → 224.5 MiB together with the recomputed connection
+    algebra; benchmarks/profile_steps.py). Inputs are (B, H, L, ·); no mask, no dropout.
+
+    The gradient through L rides on the kernel's own backward pass. With dS_ij the gradient of the
+    score s_ij, the kernel forms dS_ij = P_ij (dP_ij − D_i) with D_i = Σ_c dO_ic O_ic, and
+    ∂L_i/∂s_ij = P_ij, so a gradient dL_i adds P_ij dL_i: the same as D_i − dL_i. One more column
+    does it: zero in q, k and v (scores and dP unchanged), one in the output, −dL_i in dO."""
 
     @staticmethod
     def forward(ctx, q, k, scale, causal, *pieces):
+        ctx.set_materialize_grads(False)
         widths = [v.shape[-1] for v in pieces]
         width = max(q.shape[-1], sum(widths))
         values = _pad_width(torch.cat(pieces, -1) if len(pieces) > 1 else pieces[0], width)
@@ -47,16 +57,22 @@ class _CPUFlashAverage(torch.autograd.Function):
         )
         ctx.save_for_backward(q, k, out, log_norm, *pieces)
         ctx.scale, ctx.causal, ctx.width = scale, causal, width
-        return out[..., : sum(widths)]
+        return out[..., : sum(widths)], log_norm
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_out):
+    def backward(ctx, grad_out, grad_log_norm):
         q, k, out, log_norm, *pieces = ctx.saved_tensors
-        width = ctx.width
+        widths = [v.shape[-1] for v in pieces]
+        grad_out = torch.zeros_like(out[..., : sum(widths)]) if grad_out is None else grad_out
+        width = ctx.width + (grad_log_norm is not None)  # the column that carries dL
+        grad_out = _pad_width(grad_out.contiguous(), width)
+        if grad_log_norm is not None:
+            grad_out[..., -1] = -grad_log_norm
+            out = torch.cat([out, torch.ones_like(out[..., :1])], -1)
         values = _pad_width(torch.cat(pieces, -1) if len(pieces) > 1 else pieces[0], width)
         grad_q, grad_k, grad_v = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-            _pad_width(grad_out.contiguous(), width),
+            grad_out,
             _pad_width(q, width),
             _pad_width(k, width),
             values,
@@ -66,8 +82,33 @@ class _CPUFlashAverage(torch.autograd.Function):
             ctx.causal,
             scale=ctx.scale,
         )
-        grad_pieces = grad_v[..., : sum(v.shape[-1] for v in pieces)].split([v.shape[-1] for v in pieces], -1)
+        grad_pieces = grad_v[..., : sum(widths)].split(widths, -1)
         return grad_q[..., : q.shape[-1]], grad_k[..., : k.shape[-1]], None, None, *grad_pieces
+
+
+def _cpu_flash_applies(q: Tensor, k: Tensor, mask: Tensor | None, dropout_p: float = 0.0) -> bool:
+    """True where :class:`_CPUFlashAverage` serves the call (CPU, a kernel dtype, no mask, no dropout)."""
+    eligible = q.device.type == "cpu" and q.dtype in _CPU_FLASH_DTYPES and mask is None and dropout_p == 0
+    return eligible and q.shape[-2] > 0 and k.shape[-2] > 0
+
+
+def _as4d(t: Tensor) -> Tensor:
+    return t.reshape(math.prod(t.shape[:-2]), 1, *t.shape[-2:]) if t.ndim != 4 else t  # kernels want (B, H, L, E)
+
+
+def _cpu_flash(q: Tensor, k: Tensor, pieces: list[Tensor], scale: float, causal: bool) -> tuple[Tensor, Tensor]:
+    """(Σ_j P_ij [v¹_j, v², …], L_i) by :class:`_CPUFlashAverage`, shapes (..., L, d) and (..., L)."""
+    batch, length = q.shape[:-2], q.shape[-2]
+    # like SDPA under autocast, compute in the autocast dtype (else in q's dtype)
+    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else q.dtype
+    inputs = [_as4d(q).to(dtype), _as4d(k).to(dtype)]
+    for v in pieces:
+        # a tensor passed twice (H1 averages its keys) goes in once more as a view: torch.compile
+        # cannot trace an autograd.Function given the same tensor twice
+        v = _as4d(v).to(dtype)
+        inputs.append(v.view_as(v) if any(v is seen for seen in inputs) else v)
+    out, log_norm = _CPUFlashAverage.apply(inputs[0], inputs[1], scale, causal, *inputs[2:])
+    return out.reshape(*batch, length, out.shape[-1]), log_norm.reshape(*batch, length)
 
 
 def softmax_average_of(
@@ -83,33 +124,21 @@ def softmax_average_of(
     """Σ_j softmax_j(scale·q_i·k_j) [v¹_j, v², …] for value ``pieces`` of any widths, concatenated in the
     last dimension (j ≤ i when ``causal``; j where ``mask`` is True when a boolean mask is given);
     shapes (..., L, d), one fused kernel call (with attention dropout ``dropout_p``: SDPA's own)."""
+    if _cpu_flash_applies(q, k, mask, dropout_p):
+        return _cpu_flash(q, k, pieces, scale, causal)[0]
     batch = q.shape[:-2]
-    as4d = lambda t: t.reshape(-1, 1, *t.shape[-2:]) if t.ndim != 4 else t  # fused kernels want (B, H, L, E)
     width = sum(v.shape[-1] for v in pieces)
-    q4, k4, pieces4 = as4d(q), as4d(k), [as4d(v) for v in pieces]
-    cpu_flash = q.device.type == "cpu" and q.dtype in _CPU_FLASH_DTYPES and mask is None and dropout_p == 0
-    if cpu_flash and q.shape[-2] and k.shape[-2]:
-        # like SDPA under autocast, compute in the autocast dtype (else in q's dtype)
-        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else q.dtype
-        q4, k4, pieces4 = q4.to(dtype), k4.to(dtype), [v.to(dtype) for v in pieces4]
-        # a tensor passed twice (H1 averages its keys) goes in once more as a view: torch.compile
-        # cannot trace an autograd.Function given the same tensor twice
-        inputs = [q4, k4]
-        for v in pieces4:
-            inputs.append(v.view_as(v) if any(v is seen for seen in inputs) else v)
-        out = _CPUFlashAverage.apply(inputs[0], inputs[1], scale, causal, *inputs[2:])
-    else:
-        full = max(q.shape[-1], width)
-        values = torch.cat(pieces4, -1) if len(pieces4) > 1 else pieces4[0]
-        out = F.scaled_dot_product_attention(
-            _pad_width(q4, full),
-            _pad_width(k4, full),
-            _pad_width(values, full),
-            attn_mask=mask,
-            dropout_p=dropout_p,
-            scale=scale,
-            is_causal=causal and mask is None,
-        )[..., :width]
+    full = max(q.shape[-1], width)
+    values = torch.cat([_as4d(v) for v in pieces], -1) if len(pieces) > 1 else _as4d(pieces[0])
+    out = F.scaled_dot_product_attention(
+        _pad_width(_as4d(q), full),
+        _pad_width(_as4d(k), full),
+        _pad_width(values, full),
+        attn_mask=mask,
+        dropout_p=dropout_p,
+        scale=scale,
+        is_causal=causal and mask is None,
+    )[..., :width]
     return out.reshape(*batch, q.shape[-2], width)
 
 
@@ -125,18 +154,23 @@ def softmax_average_with_normaliser(
     q: Tensor,
     k: Tensor,
     v: Tensor,
-    centre: Tensor,
+    centre: Tensor | Callable[[], Tensor],
     *,
     scale: float = 1.0,
     causal: bool = False,
     mask: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    r"""(Σ_j P_ij v_j, L_i) from ONE SDPA call: the keys plus a sentinel whose score for query i is
-    ``centre`` (..., Lq) and whose one-hot value returns π_i = e^{c_i} / (e^{c_i} + e^{L_i}).
-    Then L_i = c_i + log(1 − π_i) − log π_i, and the real keys' weights are P_ij (1 − π_i), so
-    Σ_j P_ij v_j = out_i / (1 − π_i). Exact for any centre that keeps π_i away from 0 and 1 in the
-    working precision (|c_i − L_i| ≲ 80 in float32, ≲ 700 in float64). ``v`` may have width 0."""
-    centre = centre.detach()
+    r"""(Σ_j P_ij v_j, L_i) from ONE kernel call. On the CPU flash path (no mask) L is the kernel's own
+    row log-normaliser, exact at any scale, and ``centre`` is not used. Elsewhere SDPA does not return
+    L, so the keys get a sentinel whose score for query i is ``centre`` (..., Lq) and whose one-hot
+    value returns π_i = e^{c_i} / (e^{c_i} + e^{L_i}). Then L_i = c_i + log(1 − π_i) − log π_i, and the
+    real keys' weights are P_ij (1 − π_i), so Σ_j P_ij v_j = out_i / (1 − π_i). Exact for any centre
+    that keeps π_i away from 0 and 1 in the working precision (|c_i − L_i| ≲ 80 in float32, ≲ 700 in
+    float64). ``centre`` may be a function that returns it (called only where the sentinel is used).
+    ``v`` may have width 0."""
+    if _cpu_flash_applies(q, k, mask):
+        return _cpu_flash(q, k, [v], scale, causal)
+    centre = (centre() if callable(centre) else centre).detach()
     batch = q.shape[:-2]
     n_keys, width = k.shape[-2], v.shape[-1]
     q_aug = torch.cat([q, (centre / scale).unsqueeze(-1)], dim=-1)
@@ -170,14 +204,18 @@ def softmax_log_normaliser(
     mask: Tensor | None = None,
 ) -> Tensor:
     r"""L_i = log Σ_j exp(scale·q_i·k_j) over the keys j that query i sees (j ≤ i when ``causal``; where
-    the boolean ``mask`` (Lq, Lk) is True when given), by the sentinel method centred on the expected
-    score E_P[s_i] (entropy bound: L_i − log n ≤ E_P[s_i] ≤ L_i, so π_i ∈ [1/(1+n), 1/2] at any scale).
+    the boolean ``mask`` (Lq, Lk) is True when given). Off the CPU flash path, by the sentinel method
+    centred on the expected score E_P[s_i] (entropy bound: L_i − log n ≤ E_P[s_i] ≤ L_i, so
+    π_i ∈ [1/(1+n), 1/2] at any scale).
 
     ``expected_score`` (shape (..., Lq)) may be passed when the caller already has Σ_j P_ij k_j;
-    otherwise one extra SDPA call computes it. Differentiable in q and k.
+    otherwise, where the sentinel is used, one extra SDPA call computes it. Differentiable in q and k.
     """
-    if expected_score is None:
-        average = softmax_average(q, k, k, scale=scale, causal=causal, mask=mask)
-        expected_score = scale * (q * average).sum(-1)
+
+    def centre() -> Tensor:
+        if expected_score is not None:
+            return expected_score
+        return scale * (q * softmax_average(q, k, k, scale=scale, causal=causal, mask=mask)).sum(-1)
+
     empty = k.new_zeros(*k.shape[:-1], 0)
-    return softmax_average_with_normaliser(q, k, empty, expected_score, scale=scale, causal=causal, mask=mask)[1]
+    return softmax_average_with_normaliser(q, k, empty, centre, scale=scale, causal=causal, mask=mask)[1]

@@ -158,10 +158,11 @@ class CausalSelfAttention(AttentionBase):
         return torch.arange(total - n_new + 1, total + 1, device=like.device, dtype=like.dtype)
 
     def aggregate_with_normaliser(
-        self, q: Tensor, k: Tensor, values: list[Tensor], centre: Tensor, slot: str = "values"
+        self, q: Tensor, k: Tensor, values: list[Tensor], centre, slot: str = "values"
     ) -> tuple[list[Tensor], Tensor]:
-        """(Σ_j P_ij v_j for every v, L_i = log Σ_{j≤i} e^{scale q_i·k_j}) from ONE SDPA call with a sentinel
-        key scored ``centre`` (see :func:`softmax_average_with_normaliser`); one attention evaluation."""
+        """(Σ_j P_ij v_j for every v, L_i = log Σ_{j≤i} e^{scale q_i·k_j}) from ONE kernel call: the CPU
+        kernel's own L, or a sentinel key scored ``centre`` (a tensor, or a function returning it; see
+        :func:`softmax_average_with_normaliser`); one attention evaluation."""
         widths = [v.shape[-1] for v in values]
         joined = torch.cat(values, -1)
         self.count(evaluations=1, kernel_calls=1)
@@ -185,7 +186,7 @@ class CausalSelfAttention(AttentionBase):
 
     def log_normaliser(self, q: Tensor, k: Tensor, expected_score: Tensor) -> Tensor:
         """L_i = log Σ_{j≤i} exp(scale q_i·k_j) over every key seen so far (cache included)."""
-        self.count(kernel_calls=1)  # the sentinel call (same softmax: no new evaluation)
+        self.count(kernel_calls=1)  # one more call on the same softmax: no new evaluation
         if self.cache is None:
             return softmax_log_normaliser(q, k, scale=self.scale, causal=True, expected_score=expected_score)
         mask = self._cached_mask(q.shape[-2])

@@ -8,7 +8,8 @@ CausalPrefixForce (notes §7; the default): one kernel shared by the heads,
     F_i = B_θ p_i / z_i,  s_i = ⟨B_θ p_i, p_i⟩ / z_i²,
     G_i = W_O( (1/(2i)) Σ_{j≤i} E_ij (s_i + s_j + 2) w_j ),  w = W_V x.
   Fast path: (1/i) Σ_j E_ij v_j = z_i Σ_j P_ij v_j with P the causal softmax: one SDPA call on the
-  values w plus a sentinel key (Σ P w and log z together), then one call on s w.
+  values w that also returns log z (the CPU kernel's own normaliser, else a sentinel key), then one
+  call on s w.
 
 PrefixLinearForce (notes §2.4 with the prefix count 1/i in place of v1's 1/T):
     F_i = (1/i) Σ_{j≤i} ((A x_i)·x_j) p_j,   G_i = −(1/i) Σ_{j≤i} (p_i·p_j) A x_j + V x_i.
@@ -41,12 +42,13 @@ class CausalPrefixForce(CausalSelfAttention):
 
     def evaluate(self, x: Tensor, p: Tensor, need_force: bool = True) -> Evaluation:
         q, k, w = self.project(x)
-        # one SDPA call gives Σ_j P_ij w_j and log Σ_{j≤i} E_ij; the sentinel is centred on the diagonal
-        # score s_ii (always visible, L_i ≥ s_ii); if a row's mass sits ≳ 80 nats above its diagonal (float32
-        # underflow), that layer falls back to the entropy-bounded centre (one more call). Under
-        # torch.compile the check is skipped (a data-dependent branch would break the graph): such a
-        # layer gives a non-finite loss, which stops training with the last good checkpoint kept
-        diagonal = self.scale * (q * k).sum(-1)
+        # one kernel call gives Σ_j P_ij w_j and L_i = log Σ_{j≤i} E_ij: on CPU the fused kernel's own L;
+        # elsewhere a sentinel key centred on the diagonal score s_ii (always visible, L_i ≥ s_ii). If a
+        # row's mass sits ≳ 80 nats above its diagonal (float32 underflow of the sentinel), that layer
+        # falls back to the entropy-bounded centre (one more call). Under torch.compile the check is
+        # skipped (a data-dependent branch would break the graph): such a layer gives a non-finite loss,
+        # which stops training with the last good checkpoint kept
+        diagonal = lambda: self.scale * (q * k).sum(-1)
         (w_avg,), log_norm = self.aggregate_with_normaliser(q, k, [w], diagonal)
         if not torch.compiler.is_compiling() and not bool(torch.isfinite(log_norm).all()):
             log_norm = self.log_normaliser(q, k, self.expected_score(q, k))
