@@ -104,7 +104,7 @@ def test_average_and_normaliser_gradients_equal_dense_softmax(causal, scale, nor
     own backward pass through one extra column) against a dense float64 softmax."""
     q, k, v = inputs((5, 5, 4))
     g = torch.Generator().manual_seed(7)
-    centre = lambda: dense_log_normaliser(q, k, scale, causal).detach() + 0.5
+    centre = dense_log_normaliser(q, k, scale, causal).detach() + 0.5
     average, log_norm = softmax_average_with_normaliser(q, k, v, centre, scale=scale, causal=causal)
     w_avg, w_norm = (
         torch.randn(average.shape, generator=g, dtype=q.dtype),
@@ -125,15 +125,17 @@ def test_average_and_normaliser_gradients_equal_dense_softmax(causal, scale, nor
 
 def test_kernel_normaliser_passes_gradcheck_and_needs_no_centre():
     q, k, v = inputs((3, 3, 2), length=5)
-
-    def unused_centre():
-        raise AssertionError("the CPU kernel path must not evaluate the sentinel centre")
-
-    def both(q, k, v):
-        average, log_norm = softmax_average_with_normaliser(q, k, v, unused_centre, scale=0.8, causal=True)
-        return average, log_norm
-
+    assert softmax_ops.kernel_log_normaliser(q, k)
+    both = lambda q, k, v: softmax_average_with_normaliser(q, k, v, None, scale=0.8, causal=True)
     assert torch.autograd.gradcheck(both, (q, k, v))
+
+
+def test_sentinel_without_a_centre_is_a_clear_error():
+    q, k, v = inputs((3, 3, 2), length=5)
+    mask = torch.ones(5, 5, dtype=torch.bool)
+    assert not softmax_ops.kernel_log_normaliser(q, k, mask)
+    with pytest.raises(ValueError, match="needs a centre"):
+        softmax_average_with_normaliser(q, k, v, None, mask=mask)
 
 
 def test_kernel_normaliser_under_bf16_autocast_tracks_float64():

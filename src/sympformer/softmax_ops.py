@@ -9,14 +9,14 @@ The normaliser L_i = log Σ_j exp(scale·q_i·k_j) comes from the fused CPU kern
 computes it anyway (its gradient folded into the kernel's backward pass). SDPA does not return it, so
 elsewhere (GPU, masks) it is recovered from a *sentinel key*: one extra key whose score for query i
 is a chosen centre c_i, and whose one-hot value returns π_i = e^{c_i} / (e^{c_i} + e^{L_i}); then
-L_i = c_i + log(1 − π_i) − log π_i exactly, for any c_i. With c_i the expected score E_P[s_i] (entropy bound: L_i − log n ≤ E_P[s_i] ≤ L_i),
-π_i ∈ [1/(1+n), 1/2], so nothing overflows or underflows at any scale of the scores.
+L_i = c_i + log(1 − π_i) − log π_i exactly, for any c_i. With c_i the expected score E_P[s_i]
+(entropy bound: L_i − log n ≤ E_P[s_i] ≤ L_i), π_i ∈ [1/(1+n), 1/2], so nothing overflows or
+underflows at any scale of the scores.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -47,7 +47,7 @@ class _CPUFlashAverage(torch.autograd.Function):
     does it: zero in q, k and v (scores and dP unchanged), one in the output, −dL_i in dO."""
 
     @staticmethod
-    def forward(ctx, q, k, scale, causal, *pieces):
+    def forward(ctx, q, k, scale, causal, with_log_norm, *pieces):
         ctx.set_materialize_grads(False)
         widths = [v.shape[-1] for v in pieces]
         width = max(q.shape[-1], sum(widths))
@@ -57,11 +57,11 @@ class _CPUFlashAverage(torch.autograd.Function):
         )
         ctx.save_for_backward(q, k, out, log_norm, *pieces)
         ctx.scale, ctx.causal, ctx.width = scale, causal, width
-        return out[..., : sum(widths)], log_norm
+        return (out[..., : sum(widths)], log_norm) if with_log_norm else out[..., : sum(widths)]
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_out, grad_log_norm):
+    def backward(ctx, grad_out, grad_log_norm=None):
         q, k, out, log_norm, *pieces = ctx.saved_tensors
         widths = [v.shape[-1] for v in pieces]
         grad_out = torch.zeros_like(out[..., : sum(widths)]) if grad_out is None else grad_out
@@ -83,7 +83,7 @@ class _CPUFlashAverage(torch.autograd.Function):
             scale=ctx.scale,
         )
         grad_pieces = grad_v[..., : sum(widths)].split(widths, -1)
-        return grad_q[..., : q.shape[-1]], grad_k[..., : k.shape[-1]], None, None, *grad_pieces
+        return grad_q[..., : q.shape[-1]], grad_k[..., : k.shape[-1]], None, None, None, *grad_pieces
 
 
 def _cpu_flash_applies(q: Tensor, k: Tensor, mask: Tensor | None, dropout_p: float = 0.0) -> bool:
@@ -92,12 +92,19 @@ def _cpu_flash_applies(q: Tensor, k: Tensor, mask: Tensor | None, dropout_p: flo
     return eligible and q.shape[-2] > 0 and k.shape[-2] > 0
 
 
+def kernel_log_normaliser(q: Tensor, k: Tensor, mask: Tensor | None = None) -> bool:
+    """True where :func:`softmax_average_with_normaliser` takes L from the fused CPU kernel (no sentinel
+    key, so no centre needed)."""
+    return _cpu_flash_applies(q, k, mask)
+
+
 def _as4d(t: Tensor) -> Tensor:
     return t.reshape(math.prod(t.shape[:-2]), 1, *t.shape[-2:]) if t.ndim != 4 else t  # kernels want (B, H, L, E)
 
 
-def _cpu_flash(q: Tensor, k: Tensor, pieces: list[Tensor], scale: float, causal: bool) -> tuple[Tensor, Tensor]:
-    """(Σ_j P_ij [v¹_j, v², …], L_i) by :class:`_CPUFlashAverage`, shapes (..., L, d) and (..., L)."""
+def _cpu_flash(q: Tensor, k: Tensor, pieces: list[Tensor], scale: float, causal: bool, with_log_norm: bool):
+    """Σ_j P_ij [v¹_j, v², …] by :class:`_CPUFlashAverage`, shape (..., L, d), and with ``with_log_norm``
+    L_i too, shape (..., L)."""
     batch, length = q.shape[:-2], q.shape[-2]
     # like SDPA under autocast, compute in the autocast dtype (else in q's dtype)
     dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else q.dtype
@@ -107,8 +114,10 @@ def _cpu_flash(q: Tensor, k: Tensor, pieces: list[Tensor], scale: float, causal:
         # cannot trace an autograd.Function given the same tensor twice
         v = _as4d(v).to(dtype)
         inputs.append(v.view_as(v) if any(v is seen for seen in inputs) else v)
-    out, log_norm = _CPUFlashAverage.apply(inputs[0], inputs[1], scale, causal, *inputs[2:])
-    return out.reshape(*batch, length, out.shape[-1]), log_norm.reshape(*batch, length)
+    result = _CPUFlashAverage.apply(inputs[0], inputs[1], scale, causal, with_log_norm, *inputs[2:])
+    out, log_norm = result if with_log_norm else (result, None)
+    out = out.reshape(*batch, length, out.shape[-1])
+    return (out, log_norm.reshape(*batch, length)) if with_log_norm else out
 
 
 def softmax_average_of(
@@ -125,7 +134,7 @@ def softmax_average_of(
     last dimension (j ≤ i when ``causal``; j where ``mask`` is True when a boolean mask is given);
     shapes (..., L, d), one fused kernel call (with attention dropout ``dropout_p``: SDPA's own)."""
     if _cpu_flash_applies(q, k, mask, dropout_p):
-        return _cpu_flash(q, k, pieces, scale, causal)[0]
+        return _cpu_flash(q, k, pieces, scale, causal, with_log_norm=False)
     batch = q.shape[:-2]
     width = sum(v.shape[-1] for v in pieces)
     full = max(q.shape[-1], width)
@@ -154,7 +163,7 @@ def softmax_average_with_normaliser(
     q: Tensor,
     k: Tensor,
     v: Tensor,
-    centre: Tensor | Callable[[], Tensor],
+    centre: Tensor | None,
     *,
     scale: float = 1.0,
     causal: bool = False,
@@ -166,11 +175,12 @@ def softmax_average_with_normaliser(
     value returns π_i = e^{c_i} / (e^{c_i} + e^{L_i}). Then L_i = c_i + log(1 − π_i) − log π_i, and the
     real keys' weights are P_ij (1 − π_i), so Σ_j P_ij v_j = out_i / (1 − π_i). Exact for any centre
     that keeps π_i away from 0 and 1 in the working precision (|c_i − L_i| ≲ 80 in float32, ≲ 700 in
-    float64). ``centre`` may be a function that returns it (called only where the sentinel is used).
-    ``v`` may have width 0."""
+    float64). ``centre`` may be None where :func:`kernel_log_normaliser` is True. ``v`` may have width 0."""
     if _cpu_flash_applies(q, k, mask):
-        return _cpu_flash(q, k, [v], scale, causal)
-    centre = (centre() if callable(centre) else centre).detach()
+        return _cpu_flash(q, k, [v], scale, causal, with_log_norm=True)
+    if centre is None:
+        raise ValueError("the sentinel key needs a centre: only the CPU flash kernel returns L by itself")
+    centre = centre.detach()
     batch = q.shape[:-2]
     n_keys, width = k.shape[-2], v.shape[-1]
     q_aug = torch.cat([q, (centre / scale).unsqueeze(-1)], dim=-1)
@@ -211,11 +221,7 @@ def softmax_log_normaliser(
     ``expected_score`` (shape (..., Lq)) may be passed when the caller already has Σ_j P_ij k_j;
     otherwise, where the sentinel is used, one extra SDPA call computes it. Differentiable in q and k.
     """
-
-    def centre() -> Tensor:
-        if expected_score is not None:
-            return expected_score
-        return scale * (q * softmax_average(q, k, k, scale=scale, causal=causal, mask=mask)).sum(-1)
-
+    if expected_score is None and not kernel_log_normaliser(q, k, mask):
+        expected_score = scale * (q * softmax_average(q, k, k, scale=scale, causal=causal, mask=mask)).sum(-1)
     empty = k.new_zeros(*k.shape[:-1], 0)
-    return softmax_average_with_normaliser(q, k, empty, centre, scale=scale, causal=causal, mask=mask)[1]
+    return softmax_average_with_normaliser(q, k, empty, expected_score, scale=scale, causal=causal, mask=mask)[1]

@@ -23,6 +23,7 @@ the velocity stream (dk = W_K u, s = ‖u‖² with u the velocity), so the cach
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +31,7 @@ from torch import Tensor, nn
 
 from sympformer.nn.recompute import recomputed
 from sympformer.softmax_ops import (
+    kernel_log_normaliser,
     softmax_average,
     softmax_average_of,
     softmax_average_with_normaliser,
@@ -158,21 +160,27 @@ class CausalSelfAttention(AttentionBase):
         return torch.arange(total - n_new + 1, total + 1, device=like.device, dtype=like.dtype)
 
     def aggregate_with_normaliser(
-        self, q: Tensor, k: Tensor, values: list[Tensor], centre, slot: str = "values"
+        self,
+        q: Tensor,
+        k: Tensor,
+        values: list[Tensor],
+        centre: Callable[[Tensor, Tensor], Tensor],
+        slot: str = "values",
     ) -> tuple[list[Tensor], Tensor]:
         """(Σ_j P_ij v_j for every v, L_i = log Σ_{j≤i} e^{scale q_i·k_j}) from ONE kernel call: the CPU
-        kernel's own L, or a sentinel key scored ``centre`` (a tensor, or a function returning it; see
-        :func:`softmax_average_with_normaliser`); one attention evaluation."""
+        kernel's own L, or a sentinel key scored ``centre(q, k)`` of the new queries and keys (evaluated
+        only then; see :func:`softmax_average_with_normaliser`); one attention evaluation."""
         widths = [v.shape[-1] for v in values]
         joined = torch.cat(values, -1)
         self.count(evaluations=1, kernel_calls=1)
-        if self.cache is None:
-            out, log_norm = softmax_average_with_normaliser(q, k, joined, centre, scale=self.scale, causal=True)
-        else:
+        mask = None if self.cache is None else self._cached_mask(q.shape[-2])
+        if self.cache is not None:
             joined = self._extend(slot, joined)
-            out, log_norm = softmax_average_with_normaliser(
-                q, self.keys_seen(k), joined, centre, scale=self.scale, mask=self._cached_mask(q.shape[-2])
-            )
+        keys = self.keys_seen(k)
+        scored = None if kernel_log_normaliser(q, keys, mask) else centre(q, k)
+        out, log_norm = softmax_average_with_normaliser(
+            q, keys, joined, scored, scale=self.scale, causal=self.cache is None, mask=mask
+        )
         return list(out.split(widths, dim=-1)), log_norm
 
     def expected_score(self, q: Tensor, k: Tensor) -> Tensor:

@@ -9,9 +9,10 @@ after an attention half-step that differs per block. W = β₁ v + g₁ F with F
 μ, β = sigmoid scalars (init 0.9), γ = softplus (init 1), g = γ + gain floor (1e-6); η = 1, or
 learned per layer as exp(raw) starting at exactly 1.
 
-Memory: the cheap algebra around the LayerNorms (LN_A's look-ahead base, LN_v of a combination,
-LN_M's base) is :func:`recomputed` in the backward pass, so autograd keeps only the streams it
-combines (x, v, F, C, V_a, f), most of which are kept anyway, instead of every intermediate sum.
+Memory: every LayerNorm of a weighted sum (LN_A's look-ahead base, LN_v of a combination, LN_M's
+base) is :func:`layer_norm_of_sum`, which rebuilds the sum in the backward pass, so autograd keeps
+only the streams it combines (x, v, F, C, V_a, f), most of which are kept anyway, instead of every
+intermediate sum.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from torch import Tensor, nn
 from sympformer.nn.attention import CausalSelfAttention
 from sympformer.nn.layers import MLP, ConstrainedScalar, LayerNorm
 from sympformer.nn.linear_attention import PrefixLinearAttention
-from sympformer.nn.recompute import recomputed
+from sympformer.nn.norm_sum import layer_norm_of_sum
 
 
 def make_attention(config) -> nn.Module:
@@ -80,12 +81,16 @@ class MomentumBlock(nn.Module):
 
     def attention_base(self, x: Tensor, v: Tensor) -> Tensor:
         if self.lookahead:
-            return recomputed(lambda x, v: self.ln_a(x + self.mu1() * v), x, v)
+            return layer_norm_of_sum(self.ln_a, (1, x), (self.mu1(), v))
         return self.ln_a(x)
+
+    def gain1(self) -> Tensor:
+        """g₁ = γ₁ + gain floor."""
+        return self.gamma1() + self.gain_floor
 
     def momentum(self, v: Tensor, attention_out: Tensor) -> Tensor:
         """W = β₁ v + g₁ F."""
-        return self.beta1() * v + (self.gamma1() + self.gain_floor) * attention_out
+        return self.beta1() * v + self.gain1() * attention_out
 
     def attention_half_step(self, x: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """(x_a − x, V_a): the position increment and the velocity after the attention half-step."""
@@ -94,11 +99,10 @@ class MomentumBlock(nn.Module):
     def forward(self, x: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         increment, v_a = self.attention_half_step(x, v)
         # x_a = x + increment is formed twice (here and in the result) on purpose: passing x_a to the
-        # recomputation would keep one more (B, T, C) tensor, x and the increment are kept anyway
-        base = recomputed(lambda x, d, v_a: self.ln_m(x + d + self.mu2() * v_a), x, increment, v_a)
+        # LayerNorm would keep one more (B, T, C) tensor, x and the increment are kept anyway
+        base = layer_norm_of_sum(self.ln_m, (1, x), (1, increment), (self.mu2(), v_a))
         f = self.mlp(base)
-        gain2 = self.gamma2() + self.gain_floor
-        v_new = recomputed(lambda v_a, f: self.ln_v(self.beta2() * v_a + gain2 * f), v_a, f)
+        v_new = layer_norm_of_sum(self.ln_v, (self.beta2(), v_a), (self.gamma2() + self.gain_floor, f))
         return x + increment + v_new, v_new
 
 
@@ -110,7 +114,7 @@ class H0(MomentumBlock):
 
     def attention_half_step(self, x, v):
         f = self.attn(self.attention_base(x, v))
-        v_a = recomputed(lambda v, f: self.ln_v(self.momentum(v, f)), v, f)
+        v_a = layer_norm_of_sum(self.ln_v, (self.beta1(), v), (self.gain1(), f))
         return v_a, v_a
 
 
@@ -135,7 +139,7 @@ class H1(MomentumBlock):
 
     def attention_half_step(self, x, v):
         f, c = self.attn.with_connection(self.attention_base(x, v), v)
-        v_a = recomputed(lambda v, f, c: self.ln_v(self.momentum(v, f) - self.strength() * c), v, f, c)
+        v_a = layer_norm_of_sum(self.ln_v, (self.beta1(), v), (self.gain1(), f), (-self.strength(), c))
         return v_a, v_a
 
 
@@ -151,8 +155,8 @@ class R2(MomentumBlock):
     def attention_half_step(self, x, v):
         _, w, c = self.attn.then_connection(self.attention_base(x, v), lambda f: self.momentum(v, f))
         eta = self.strength()
-        increment = recomputed(lambda w, c: self.ln_v(w - 0.5 * eta * c), w, c)
-        return increment, recomputed(lambda w, c: self.ln_v(w - eta * c), w, c)
+        increment = layer_norm_of_sum(self.ln_v, (1, w), (-0.5 * eta, c))
+        return increment, layer_norm_of_sum(self.ln_v, (1, w), (-eta, c))
 
 
 class H1_LA(H1):

@@ -1,12 +1,13 @@
 """Recompute-in-backward for cheap algebra (activation checkpointing at the scale of a few elementwise
-ops, LayerNorms and small products), which trades a little arithmetic for fewer saved (B, T, C) tensors.
+ops and small products), which trades a little arithmetic for fewer saved (B, T, C) tensors. Used for
+the H1/R2 connection term; the LayerNorms of weighted sums have their own cheaper function
+(:mod:`sympformer.nn.norm_sum`).
 
 Each recomputed region costs a fixed Python and autograd overhead (a checkpoint frame, its hooks, a
 second forward), so small activations are not recomputed: below ``MIN_ELEMENTS`` elements in the
-region's first input the saving is about 1 MiB a layer and the overhead is what shows: at the paper's
-primary shape (8 × 128 × 64) recomputing everything cost Y and H0 4–8 % of a training step for 3 MiB
-less saved, while at the attention-heavy shape it keeps H0's saved activations at 1.17× B's instead
-of 1.32× (benchmarks/recompute_threshold.py, RESULTS.md "Recomputed momentum algebra").
+region's first input the saving is about 1 MiB a layer and the overhead is what shows (at the paper's
+primary shape, 8 × 128 × 64, checkpointing the momentum LayerNorm sums cost Y and H0 4–8 % of a
+training step; benchmarks/momentum_algebra.py measures the designs side by side).
 """
 
 from __future__ import annotations

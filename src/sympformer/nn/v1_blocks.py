@@ -49,7 +49,7 @@ from sympformer.integrators import (
     KickDrift,
 )
 from sympformer.nn.layers import MLP, ConstrainedScalar, LayerNorm
-from sympformer.nn.recompute import recomputed
+from sympformer.nn.norm_sum import layer_norm_of_sum
 from sympformer.nn.v1_oracles import CausalPrefixForce, GlobalHamiltonianForce, PrefixLinearForce
 
 SCHEMES = {
@@ -172,9 +172,8 @@ class V1Block(nn.Module):
             v_attn = (x - x_before) / h_x
             return x + self.gamma() * self.mlp(self.ln_m(x + self.mu() * v_attn)), v
         v = torch.zeros_like(x) if v is None else v
-        base = recomputed(lambda x, v: self.ln_m(x + self.mu() * v), x, v)  # (algebra recomputed in backward)
-        f = self.mlp(base)
-        v = recomputed(lambda v, f: self.ln_v(self.beta() * v + self.gamma() * f), v, f)
+        f = self.mlp(layer_norm_of_sum(self.ln_m, (1, x), (self.mu(), v)))  # (sums rebuilt in the backward pass)
+        v = layer_norm_of_sum(self.ln_v, (self.beta(), v), (self.gamma(), f))
         return x + v, v
 
     def forward(self, x: Tensor, state: V1State) -> tuple[Tensor, V1State]:

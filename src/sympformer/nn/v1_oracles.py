@@ -40,6 +40,10 @@ class CausalPrefixForce(CausalSelfAttention):
         self.scale = 1.0 / (n_head * math.sqrt(n_embd // n_head))  # = mean over heads of q·k/√d_h
         self.b_theta = nn.Parameter(torch.eye(n_embd))
 
+    def diagonal_score(self, q: Tensor, k: Tensor) -> Tensor:
+        """s_ii = scale q_i·k_i (the sentinel's centre where one is needed)."""
+        return self.scale * (q * k).sum(-1)
+
     def evaluate(self, x: Tensor, p: Tensor, need_force: bool = True) -> Evaluation:
         q, k, w = self.project(x)
         # one kernel call gives Σ_j P_ij w_j and L_i = log Σ_{j≤i} E_ij: on CPU the fused kernel's own L;
@@ -48,8 +52,7 @@ class CausalPrefixForce(CausalSelfAttention):
         # falls back to the entropy-bounded centre (one more call). Under torch.compile the check is
         # skipped (a data-dependent branch would break the graph): such a layer gives a non-finite loss,
         # which stops training with the last good checkpoint kept
-        diagonal = lambda: self.scale * (q * k).sum(-1)
-        (w_avg,), log_norm = self.aggregate_with_normaliser(q, k, [w], diagonal)
+        (w_avg,), log_norm = self.aggregate_with_normaliser(q, k, [w], self.diagonal_score)
         if not torch.compiler.is_compiling() and not bool(torch.isfinite(log_norm).all()):
             log_norm = self.log_normaliser(q, k, self.expected_score(q, k))
         log_z = (log_norm - torch.log(self.positions(q.shape[-2], log_norm))).squeeze(1)  # (B, T)

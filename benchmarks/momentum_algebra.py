@@ -1,0 +1,106 @@
+"""What the momentum blocks' algebra costs and keeps, three ways, per shape, interleaved in one process
+with B:
+
+- `fused` (the default): every LayerNorm of a weighted sum is `layer_norm_of_sum` (the sum rebuilt
+  in the backward pass by a custom autograd Function), and the H1/R2 connection algebra is
+  checkpointed when its activations reach `sympformer.nn.recompute.MIN_ELEMENTS`;
+- `checkpoint`: the same LayerNorm sums recomputed by `torch.utils.checkpoint` regions instead (the
+  design before the fused function), under the same threshold;
+- `plain`: an ordinary autograd graph, nothing rebuilt or recomputed.
+
+For each: the training-step time and the bytes autograd keeps for the backward pass.
+
+    python benchmarks/momentum_algebra.py [--shapes primary,heavy,v1] [--rounds 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from blocks_step_time import SHAPES, train_step_fn  # noqa: E402
+
+import sympformer.nn.attention as attention_module  # noqa: E402
+import sympformer.nn.blocks as blocks_module  # noqa: E402
+import sympformer.nn.v1_blocks as v1_blocks_module  # noqa: E402
+from sympformer.allocator import apply_allocator_choice  # noqa: E402
+from sympformer.benchmarking import interleaved_times, median, saved_storages, training_optimizer, write_section  # noqa: E402
+from sympformer.nn import SympFormerConfig, SympFormerLM  # noqa: E402
+from sympformer.nn.norm_sum import layer_norm_of_sum  # noqa: E402
+from sympformer.nn.recompute import recomputed  # noqa: E402
+from sympformer.utils import markdown_table  # noqa: E402
+
+ARCHS = {"primary": ("Y", "H0", "R2"), "heavy": ("Y", "H0", "R2"), "v1": ("v1_fe", "v1_pe")}
+MODES = ("fused", "checkpoint", "plain")
+
+
+def checkpointed_layer_norm_of_sum(norm, *terms):
+    coefficients, streams = [c for c, _ in terms], [t for _, t in terms]
+    return recomputed(lambda *ts: norm(sum(c * t for c, t in zip(coefficients, ts, strict=True))), *streams)
+
+
+def plain_layer_norm_of_sum(norm, *terms):
+    return norm(sum(c * t for c, t in terms))
+
+
+def in_mode(mode: str, fn):
+    """fn() with the blocks' LayerNorm sums (and, for `plain`, the connection algebra) done as ``mode``."""
+    norm_sum = {"fused": layer_norm_of_sum, "checkpoint": checkpointed_layer_norm_of_sum}.get(mode)
+    connection = recomputed if mode != "plain" else (lambda fn, *inputs: fn(*inputs))
+
+    def run():
+        for module in (blocks_module, v1_blocks_module):
+            module.layer_norm_of_sum = norm_sum or plain_layer_norm_of_sum
+        attention_module.recomputed = connection
+        try:
+            return fn()
+        finally:
+            for module in (blocks_module, v1_blocks_module):
+                module.layer_norm_of_sum = layer_norm_of_sum
+            attention_module.recomputed = recomputed
+
+    return run
+
+
+def run(shape: str, rounds: int) -> str:
+    fields, batch, _, _ = SHAPES[shape]
+    idx = torch.randint(
+        0, fields["vocab_size"], (batch, fields["block_size"]), generator=torch.Generator().manual_seed(0)
+    )
+    contenders, saved = {}, {}
+    for arch in ("B", *ARCHS[shape]):
+        for mode in MODES if arch != "B" else ("—",):
+            model = SympFormerLM(SympFormerConfig(**fields, arch=arch))
+            step = train_step_fn(model, idx, training_optimizer(model), "fp32")
+            contenders[(arch, mode)] = in_mode(mode, step)
+            forward = in_mode(mode, lambda model=model: model(idx, idx, return_logits=False))
+            saved[(arch, mode)] = sum(saved_storages(forward).values()) / 2**20
+    times = interleaved_times(contenders, rounds=rounds, repeats=2)
+    base = median(times[("B", "—")])
+    rows = [
+        [arch, mode, f"{median(t) * 1e3:.1f}", f"{median(t) / base:.3f}", f"{saved[(arch, mode)]:,.1f}"]
+        for (arch, mode), t in times.items()
+    ]
+    header = ["arch", "algebra", "ms / step (median)", "× B", "saved activations (MiB)"]
+    return f"### shape `{shape}`: {fields}, batch {batch}\n\n" + markdown_table(header, rows) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shapes", default="primary,heavy,v1")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
+    args = parser.parse_args()
+    apply_allocator_choice()  # as the sympformer command does (SYMPFORMER_CPU_ALLOCATOR)
+    body = "\n".join(run(shape, args.rounds) for shape in args.shapes.split(","))
+    print(body)
+    title = "The momentum blocks' algebra: fused, checkpointed, plain (cpu, fp32)"
+    write_section(args.results, "momentum-algebra-cpu", title, body)
+
+
+if __name__ == "__main__":
+    main()

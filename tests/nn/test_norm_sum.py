@@ -1,0 +1,74 @@
+"""layer_norm_of_sum against the plain LayerNorm of the sum: values, every gradient, what it keeps."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from sympformer.benchmarking import saved_storages
+from sympformer.nn.layers import LayerNorm
+from sympformer.nn.norm_sum import layer_norm_of_sum
+
+
+def case(dtype=torch.float64, bias=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    norm = LayerNorm(6, bias).to(dtype)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(6, generator=g, dtype=dtype))
+        if bias:
+            norm.bias.copy_(torch.randn(6, generator=g, dtype=dtype))
+    streams = [torch.randn(2, 5, 6, generator=g, dtype=dtype).requires_grad_(True) for _ in range(3)]
+    scalars = [torch.tensor(v, dtype=dtype, requires_grad=True) for v in (0.7, -1.3)]
+    return norm, streams, scalars
+
+
+def plain(norm, *terms):
+    return norm(sum(c * t for c, t in terms))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_equals_the_plain_layer_norm_with_every_gradient(bias):
+    norm, (x, v, f), (beta, gain) = case(bias=bias)
+    terms = [(1, x), (beta, v), (gain, f), (-0.25, v)]  # numbers, learned scalars, a stream twice
+    inputs = [x, v, f, beta, gain, *norm.parameters()]
+    weights = torch.randn(2, 5, 6, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    fused = layer_norm_of_sum(norm, *terms)
+    reference = plain(norm, *terms)
+    torch.testing.assert_close(fused, reference, rtol=0, atol=1e-14)
+    got = torch.autograd.grad((fused * weights).sum(), inputs)
+    want = torch.autograd.grad((reference * weights).sum(), inputs)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)
+
+
+def test_passes_gradcheck():
+    norm, (x, v, _), (beta, _) = case()  # w and b are the LayerNorm's own parameters, perturbed in place
+    check = lambda x, v, beta, w, b: layer_norm_of_sum(norm, (1.0, x), (beta, v))
+    assert torch.autograd.gradcheck(check, (x, v, beta, norm.weight, norm.bias))
+
+
+def test_keeps_only_the_streams_and_the_row_statistics():
+    norm, (x, v, f), (beta, gain) = case(dtype=torch.float32)
+    stream = x.numel() * 4
+    kept = sum(saved_storages(lambda: layer_norm_of_sum(norm, (beta, v), (gain, f))).values())
+    assert kept <= 2 * stream + 2 * 10 * 4 + 2 * 6 * 4 + 2 * 4  # v, f, mean and rstd, weight and bias, scalars
+    assert sum(saved_storages(lambda: plain(norm, (beta, v), (gain, f))).values()) >= kept + stream
+
+
+def test_under_bf16_autocast_runs_in_float32_like_layer_norm():
+    """Autocast runs layer_norm in float32; the fused sum is formed in float32 too (the plain graph
+    rounds β·v to bfloat16 first), so it is at least as close to the float64 truth."""
+    norm, (x, v, _), (beta, _) = case(dtype=torch.float32)
+    half = v.detach().to(torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fused = layer_norm_of_sum(norm, (1, x), (beta, half))
+        reference = plain(norm, (1, x), (beta, half))
+    truth = plain(copy.deepcopy(norm).double(), (1, x.double()), (beta.double(), half.double()))
+    assert fused.dtype == reference.dtype == torch.float32
+    assert (fused.double() - truth).abs().max() <= (reference.double() - truth).abs().max() + 1e-6
+    torch.testing.assert_close(fused.double(), truth, rtol=0, atol=1e-5)
+    (grad_beta,) = torch.autograd.grad((fused * fused).sum(), [beta])
+    (want_beta,) = torch.autograd.grad((truth * truth).sum(), [beta])
+    torch.testing.assert_close(grad_beta.double(), want_beta.double(), rtol=1e-4, atol=1e-4)
