@@ -5,6 +5,9 @@ The bound: an architecture needs at least the reference's step plus its *extra* 
 attention-kernel time (aten mm/bmm, the fused attention forward and backward, the LU solves), as if
 every other operator it adds (elementwise algebra, copies, LayerNorms) were free.
 
+Every case's steps are profiled interleaved with the others' (three rounds, the median step reported).
+With transformers installed, GPT-2 at the heavy shape too: an upper bound on B's speed against it.
+
 For the memory targets: the activations each architecture saves for the backward pass at the heavy,
 linear and v1 shapes, in total and by the code that saved them.
 
@@ -14,6 +17,7 @@ linear and v1 shapes, in total and by the code that saved them.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -21,7 +25,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from blocks_step_time import SHAPES  # noqa: E402
+from blocks_step_time import SHAPES, train_step_fn  # noqa: E402
 
 from sympformer.allocator import apply_allocator_choice  # noqa: E402
 from sympformer.benchmarking import saved_bytes_by_site, training_optimizer, write_section  # noqa: E402
@@ -46,42 +50,52 @@ BOUNDS = [  # (case, reference case): ratios with a DESIGN.md target
 ]
 
 
-def profile_case(shape: str, arch: str, rows: int) -> tuple[str, float, float]:
-    """(markdown table, operator ms, matrix-product and attention-kernel ms) of one training step (the
-    median of three by operator time)."""
+def step_for(shape: str, arch: str):
+    """One training step of ``arch`` at ``shape`` (arch "gpt2": transformers' GPT-2 configured like B)."""
     fields, batch, _, _ = SHAPES[shape]
-    model = SympFormerLM(SympFormerConfig(**fields, arch=arch))
-    optimizer = training_optimizer(model)
     idx = torch.randint(
         0, fields["vocab_size"], (batch, fields["block_size"]), generator=torch.Generator().manual_seed(0)
     )
+    if arch == "gpt2":
+        from vs_transformers import gpt2, step_fn
 
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        _, loss = model(idx, idx, return_logits=False)
-        loss.backward()
-        optimizer.step()
+        return step_fn(gpt2(fields), idx, hf=True, precision="fp32")
+    model = SympFormerLM(SympFormerConfig(**fields, arch=arch))
+    return train_step_fn(model, idx, training_optimizer(model), "fp32")
 
-    for _ in range(2):
-        step()
-    runs = []  # three profiled steps; the one with the median operator time is reported
-    for _ in range(3):
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
+
+def profile_cases(cases: list[str], rows: int, rounds: int = 3) -> dict[str, tuple[str, float, float]]:
+    """{case: (markdown table, operator ms, matrix-product and attention-kernel ms)} of one training step
+    each: ``rounds`` profiled steps per case, interleaved across the cases (so that drift in machine
+    speed hits them alike), the step with the median operator time reported."""
+    steps = {case: step_for(*case.split(":")) for case in cases}
+    for step in steps.values():
+        for _ in range(2):
             step()
-        events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
-        total = sum(e.self_cpu_time_total for e in events)
-        runs.append((total, sum(e.self_cpu_time_total for e in events if e.key in KERNELS), events))
-    total, kernels, events = sorted(runs, key=lambda run: run[0])[1]
-    table = [
-        [e.key[:60], f"{e.self_cpu_time_total / 1e3:.1f}", f"{100 * e.self_cpu_time_total / total:.1f} %", e.count]
-        for e in events[:rows]
-    ]
-    text = (
-        f"#### `{arch}` at shape `{shape}` ({total / 1e3:.0f} ms of operator time)\n\n"
-        + markdown_table(["operator", "self ms", "share", "calls"], table)
-        + "\n"
-    )
-    return text, total / 1e3, kernels / 1e3
+    runs = {case: [] for case in cases}
+    for _ in range(rounds):
+        for case, step in steps.items():
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                step()
+            events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+            total = sum(e.self_cpu_time_total for e in events)
+            runs[case].append((total, sum(e.self_cpu_time_total for e in events if e.key in KERNELS), events))
+    results = {}
+    for case in cases:
+        total, kernels, events = sorted(runs[case], key=lambda run: run[0])[len(runs[case]) // 2]
+        table = [
+            [e.key[:60], f"{e.self_cpu_time_total / 1e3:.1f}", f"{100 * e.self_cpu_time_total / total:.1f} %", e.count]
+            for e in events[:rows]
+        ]
+        shape, arch = case.split(":")
+        name = "transformers GPT-2" if arch == "gpt2" else arch
+        text = (
+            f"#### `{name}` at shape `{shape}` ({total / 1e3:.0f} ms of operator time)\n\n"
+            + markdown_table(["operator", "self ms", "share", "calls"], table)
+            + "\n"
+        )
+        results[case] = (text, total / 1e3, kernels / 1e3)
+    return results
 
 
 def bounds_table(totals: dict[str, tuple[float, float]]) -> str:
@@ -99,7 +113,29 @@ def bounds_table(totals: dict[str, tuple[float, float]]) -> str:
                 ]
             )
     header = ["ratio", "measured (operator time)", "kernel ms (mm, bmm, attention, LU)", "lower bound"]
-    return "#### Lower bounds from the profiles\n\n" + markdown_table(header, rows) + "\n"
+    text = "#### Lower bounds from the profiles\n\n" + markdown_table(header, rows) + "\n"
+    if "heavy:gpt2" in totals and "heavy:B" in totals:
+        (gpt_total, gpt_kernels), (b_total, b_kernels) = totals["heavy:gpt2"], totals["heavy:B"]
+        text += (
+            "\n#### B's speed against GPT-2 at the heavy shape: an upper bound\n\n"
+            "B's step takes at least its own matrix-product and attention-kernel time, so B's speed over "
+            "GPT-2 is at most GPT-2's step over B's kernel time.\n\n"
+            + markdown_table(
+                ["", "operator ms", "kernel ms", "speed of B vs GPT-2"],
+                [
+                    ["transformers GPT-2", f"{gpt_total:.0f}", f"{gpt_kernels:.0f}", ""],
+                    ["sympformer B", f"{b_total:.0f}", f"{b_kernels:.0f}", f"measured {gpt_total / b_total:.2f}"],
+                    [
+                        "B with free glue",
+                        f"{b_kernels:.0f}",
+                        f"{b_kernels:.0f}",
+                        f"at most {gpt_total / b_kernels:.2f}",
+                    ],
+                ],
+            )
+            + "\n"
+        )
+    return text
 
 
 def saved_activations(shape: str, archs: list[str], top: int = 10) -> str:
@@ -143,11 +179,12 @@ def main() -> None:
     parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
     args = parser.parse_args()
     apply_allocator_choice()  # as the sympformer command does (SYMPFORMER_CPU_ALLOCATOR)
-    tables, totals = [], {}
-    for case in args.cases.split(","):
-        text, total, kernels = profile_case(*case.split(":"), args.rows)
-        tables.append(text)
-        totals[case] = (total, kernels)
+    cases = args.cases.split(",")
+    if importlib.util.find_spec("transformers") is not None and "heavy:B" in cases:
+        cases.append("heavy:gpt2")  # the upper bound of B's speed against GPT-2
+    profiled = profile_cases(cases, args.rows)
+    tables = [text for text, _, _ in profiled.values()]
+    totals = {case: (total, kernels) for case, (_, total, kernels) in profiled.items()}
     body = bounds_table(totals) + "\n" + "\n".join(tables)
     body += "".join("\n" + saved_activations(shape, archs) for shape, archs in SAVED.items())
     print(body)

@@ -171,7 +171,7 @@ class CausalSelfAttention(AttentionBase):
         kernel's own L, or a sentinel key scored ``centre(q, k)`` of the new queries and keys (evaluated
         only then; see :func:`softmax_average_with_normaliser`); one attention evaluation."""
         widths = [v.shape[-1] for v in values]
-        joined = torch.cat(values, -1)
+        joined = torch.cat(values, -1) if len(values) > 1 else values[0]
         self.count(evaluations=1, kernel_calls=1)
         mask = None if self.cache is None else self._cached_mask(q.shape[-2])
         if self.cache is not None:
