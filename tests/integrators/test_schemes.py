@@ -4,6 +4,7 @@ behaviour, and the variable-step AB2 weights."""
 from __future__ import annotations
 
 import functools
+import math
 
 import pytest
 import torch
@@ -224,3 +225,20 @@ def test_unknown_scheme_lists_valid_names():
         get_scheme("doubling", xi=0.0)
     with pytest.raises(ValueError, match="valid: euler, rk4"):
         get_flow_scheme("midpoint")
+
+
+def test_doubling_rotation_keeps_the_sums_and_rotates_the_differences():
+    """φ_C's 4×4 matrix on [X, X̄, Π, Π̄]: X + X̄ and Π + Π̄ unchanged, (X − X̄, Π − Π̄) rotated by θ, and
+    the gradient in θ equals the finite difference (a learned step size trains through it)."""
+    from sympformer.integrators.schemes import _doubling_rotation
+
+    theta = torch.tensor(0.37, dtype=torch.float64, requires_grad=True)
+    state = torch.randn(4, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    x, xb, pi, pib = _doubling_rotation(theta, state) @ state
+    torch.testing.assert_close(x + xb, state[0] + state[1], rtol=0, atol=1e-14)
+    torch.testing.assert_close(pi + pib, state[2] + state[3], rtol=0, atol=1e-14)
+    c, s = math.cos(0.37), math.sin(0.37)
+    dx, dp = state[0] - state[1], state[2] - state[3]
+    torch.testing.assert_close(x - xb, c * dx + s * dp, rtol=0, atol=1e-14)
+    torch.testing.assert_close(pi - pib, -s * dx + c * dp, rtol=0, atol=1e-14)
+    assert torch.autograd.gradcheck(lambda t: _doubling_rotation(t, state) @ state, (theta,))

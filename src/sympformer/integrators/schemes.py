@@ -14,7 +14,6 @@ Notation: σ(t, h) = exp(−(η(t+h) − η(t))) is the exact friction factor, �
 
 from __future__ import annotations
 
-import math
 from typing import Any, NamedTuple
 
 import torch
@@ -146,26 +145,35 @@ class Doubling(Scheme):
             v, f = field(tau_b, Xb, Pi)
             return X + half * v, Pi, Xb, Pib + half * f, tau + half, tau_b
 
-        theta = 2 * self.xi * h
-        c = torch.cos(theta) if isinstance(theta, Tensor) else math.cos(theta)
-        s = torch.sin(theta) if isinstance(theta, Tensor) else math.sin(theta)
+        rotation = _doubling_rotation(2 * self.xi * h, x)
 
         def phi_c(X, Pi, Xb, Pib, tau, tau_b):
-            dx, dp, sx, sp = X - Xb, Pi - Pib, X + Xb, Pi + Pib
-            return (
-                (sx + c * dx + s * dp) / 2,
-                (sp - s * dx + c * dp) / 2,
-                (sx - c * dx - s * dp) / 2,
-                (sp + s * dx - c * dp) / 2,
-                tau,
-                tau_b,
-            )
+            stacked = torch.stack([X, Xb, Pi, Pib])  # one (4, 4) product instead of 28 elementwise passes
+            with torch.autocast(stacked.device.type, enabled=False):  # the streams' precision, as elementwise
+                mixed = rotation.to(stacked.dtype) @ stacked.flatten(1)
+            X, Xb, Pi, Pib = mixed.view_as(stacked).unbind(0)
+            return X, Pi, Xb, Pib, tau, tau_b
 
         state = (X, Pi, Xb, Pib, tau, tau_b)
         for substep in (phi_a, phi_b, phi_c, phi_b, phi_a):
             state = substep(*state)
         X, Pi = state[0], state[1]
         return Step(X, damping.factor(t, h) * Pi)
+
+
+def _doubling_rotation(theta, like: Tensor) -> Tensor:
+    r"""φ_C as one 4×4 matrix acting on the stack [X, X̄, Π, Π̄]: with c = cos θ, s = sin θ and
+    a = (1 + c)/2, b = (1 − c)/2, e = s/2 (the formulas of :class:`Doubling`, expanded),
+
+        X⁺ = a X + b X̄ + e Π − e Π̄,     X̄⁺ = b X + a X̄ − e Π + e Π̄,
+        Π⁺ = −e X + e X̄ + a Π + b Π̄,    Π̄⁺ = e X − e X̄ + b Π + a Π̄.
+
+    θ may be a tensor with a gradient (a learned step size)."""
+    if not isinstance(theta, Tensor):
+        theta = torch.tensor(theta, dtype=like.dtype, device=like.device)
+    c, s = torch.cos(theta).to(like.dtype), torch.sin(theta).to(like.dtype)
+    a, b, e = (1 + c) / 2, (1 - c) / 2, s / 2
+    return torch.stack([torch.stack(row) for row in ([a, b, e, -e], [b, a, -e, e], [-e, e, a, b], [e, -e, b, a])])
 
 
 class ConformalStrang(Scheme):
