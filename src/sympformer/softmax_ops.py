@@ -87,9 +87,12 @@ class _CPUFlashAverage(torch.autograd.Function):
 
 
 def _cpu_flash_applies(q: Tensor, k: Tensor, mask: Tensor | None, dropout_p: float = 0.0) -> bool:
-    """True where :class:`_CPUFlashAverage` serves the call (CPU, a kernel dtype, no mask, no dropout)."""
+    """True where :class:`_CPUFlashAverage` serves the call: eager mode on CPU, a kernel dtype, no mask,
+    no dropout. Under torch.compile SDPA itself is traced (inductor picks the kernel and what to save):
+    in torch 2.13, dynamo's tracing of this autograd.Function fails once a second model compiles in the
+    same process ("lift_tracked_freevar_to_input should not be called on root SubgraphTracer")."""
     eligible = q.device.type == "cpu" and q.dtype in _CPU_FLASH_DTYPES and mask is None and dropout_p == 0
-    return eligible and q.shape[-2] > 0 and k.shape[-2] > 0
+    return eligible and q.shape[-2] > 0 and k.shape[-2] > 0 and not torch.compiler.is_compiling()
 
 
 def kernel_log_normaliser(q: Tensor, k: Tensor, mask: Tensor | None = None) -> bool:

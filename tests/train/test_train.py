@@ -3,6 +3,7 @@ SIGKILL), NaN handling, run-folder outputs."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -217,3 +218,15 @@ def test_cli_reports_divergence_and_bad_config(tiny_data, tmp_path):
     assert result.returncode == 3 and "non-finite" in result.stderr
     bad = run_cli(["--config", str(path), "--set", "model.arch=nope", "--out", str(tmp_path / "y")])
     assert bad.returncode == 2 and "valid: B, B_cap" in bad.stderr
+
+
+@pytest.mark.slow
+def test_compiled_runs_of_several_models_in_one_process(tiny_data, tmp_path):
+    """`compare` trains its architectures one after another in one process; with train.compile and
+    activation checkpointing each compiled run must still work (torch 2.13's dynamo failed on the
+    second model while the attention's autograd.Function was traced)."""
+    for arch in ("H1", "v1_strang"):
+        _, config = tiny_config(tiny_data, max_steps=2, eval_interval=2, compile=True)
+        model = config.model.replace(arch=arch, activation_checkpointing=True)
+        summary = train(dataclasses.replace(config, model=model), tmp_path / arch, progress=False)
+        assert summary["steps"] == 2 and math.isfinite(summary["final_val_loss"])

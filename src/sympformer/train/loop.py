@@ -167,6 +167,9 @@ def train(
 
     runner = model
     if t.compile:
+        # a fresh dynamo state per run: `compare` trains several models in one process, and nothing from
+        # an earlier model's compilation applies to this one
+        torch._dynamo.reset()
         runner = torch.compile(runner)
     if info.enabled:
         runner = DistributedDataParallel(runner, device_ids=[device.index] if device.type == "cuda" else None)
