@@ -1,22 +1,23 @@
 """torch.profiler tables of one training step, for the shapes where a DESIGN.md target does not hold:
-what dominates the step, operator by operator, and a lower bound for each ratio.
+what dominates the step, operator by operator; and a floor for each ratio.
 
-The bound: an architecture needs at least the reference's step plus its *extra* matrix-product and
-attention-kernel time (aten mm/bmm, the fused attention forward and backward, the LU solves), as if
-every other operator it adds (elementwise algebra, copies, LayerNorms) were free.
-
-Every case's steps are profiled interleaved with the others' (three rounds, the median step reported).
-With transformers installed, GPT-2 at the heavy shape too: an upper bound on B's speed against it.
+The floor: every matrix product and attention-kernel call of a step is recorded with its shapes and
+replayed alone; an architecture needs at least the reference's step plus its *extra* kernel time, as
+if every other operator it adds (elementwise algebra, copies, LayerNorms, Python) were free. Steps and
+replays are timed interleaved in one process. Every case's profiled steps are interleaved with the
+others' too (three rounds, the median step reported). With transformers installed, GPT-2 at the heavy
+shape as well: an upper bound on B's speed against it.
 
 For the memory targets: the activations each architecture saves for the backward pass at the heavy,
 linear and v1 shapes, in total and by the code that saved them.
 
-    python benchmarks/profile_steps.py [--cases heavy:B,heavy:H0,heavy:H1,...]
+    python benchmarks/profile_steps.py [--cases heavy:B,heavy:H0,heavy:H1,...] [--rounds 5]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import sys
 from pathlib import Path
@@ -28,7 +29,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from blocks_step_time import SHAPES, train_step_fn  # noqa: E402
 
 from sympformer.allocator import apply_allocator_choice  # noqa: E402
-from sympformer.benchmarking import saved_bytes_by_site, training_optimizer, write_section  # noqa: E402
+from sympformer.benchmarking import (  # noqa: E402
+    interleaved_times,
+    median,
+    saved_bytes_by_site,
+    training_optimizer,
+    write_section,
+)
 from sympformer.nn import SympFormerConfig, SympFormerLM  # noqa: E402
 from sympformer.utils import markdown_table
 
@@ -41,7 +48,7 @@ KERNELS = (
     "aten::linalg_lu_factor_ex",
     "aten::linalg_lu_solve",
 )
-BOUNDS = [  # (case, reference case): ratios with a DESIGN.md target
+PROFILED = [  # (case, reference case): ratios with a DESIGN.md target
     ("heavy:H1", "heavy:H0"),
     ("linear:R2_L", "linear:H0_L"),
     ("v1:v1_fe", "v1:B"),
@@ -98,42 +105,96 @@ def profile_cases(cases: list[str], rows: int, rounds: int = 3) -> dict[str, tup
     return results
 
 
-def bounds_table(totals: dict[str, tuple[float, float]]) -> str:
+FLASH = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+FLASH_BACKWARD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+FLASH_NAME = "aten::_scaled_dot_product_flash_attention_for_cpu"
+REPLAYED = ("aten::mm", "aten::bmm", "aten::addmm", FLASH_NAME, FLASH_NAME + "_backward")
+
+
+def recorded_kernel_calls(step) -> list[tuple[str, list, list]]:
+    """(name, input shapes, scalar inputs) of every matrix-product and attention-kernel call of one step."""
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        step()
+    return [(e.name, e.input_shapes, e.concrete_inputs) for e in prof.events() if e.name in REPLAYED]
+
+
+def replay(calls: list[tuple[str, list, list]]):
+    """A function that makes the same kernel calls on random tensors of the recorded shapes: the time an
+    architecture cannot go below whatever its elementwise work, copies and Python cost."""
+    g = torch.Generator().manual_seed(0)
+    rand = lambda shape: 0.3 * torch.randn(shape, generator=g)
+    prepared = []
+    for name, shapes, scalars in calls:
+        if name in ("aten::mm", "aten::bmm"):
+            product = torch.mm if name == "aten::mm" else torch.bmm
+            # a product into a given buffer (the fused loss's reused logits) is replayed into one as well
+            out = {"out": torch.empty(shapes[2])} if len(shapes) > 2 and shapes[2] else {}
+            prepared.append(functools.partial(product, *map(rand, shapes[:2]), **out))
+        elif name == "aten::addmm":
+            prepared.append(functools.partial(torch.addmm, *map(rand, shapes[:3])))
+        elif name == FLASH_NAME:
+            q, k, v = map(rand, shapes[:3])
+            prepared.append(functools.partial(FLASH, q, k, v, 0.0, scalars[4], scale=scalars[6]))
+        else:  # the backward pass, with the output and log-normaliser of the forward on the same inputs
+            grad, q, k, v = map(rand, shapes[:4])
+            out, log_norm = FLASH(q, k, v, 0.0, scalars[7], scale=scalars[9])
+            args = (grad, q, k, v, out, log_norm, 0.0, scalars[7])
+            prepared.append(functools.partial(FLASH_BACKWARD, *args, scale=scalars[9]))
+    return lambda: [call() for call in prepared]
+
+
+FLOORS = [  # (case, reference): the DESIGN.md ratios that do not hold, and one that holds for contrast
+    ("v1:v1_fe", "v1:B"),
+    ("v1:v1_ab2", "v1:B"),
+    ("v1:v1_pe", "v1:B"),
+    ("v1:v1_doubling", "v1:B"),
+    ("v1:v1_strang", "v1:B"),
+    ("linear:R2_L", "linear:H0_L"),
+    ("heavy:H1", "heavy:H0"),
+]
+
+
+def kernel_floors(rounds: int = 5) -> str:
+    """Each case's step, its kernel calls replayed alone, and the reference's, interleaved in one
+    process: floor = (reference step − reference kernels + case kernels) / reference step, the ratio
+    the case would reach if everything but its matrix products and attention kernels were free."""
+    cases = sorted({case for pair in FLOORS for case in pair})
+    with_gpt2 = importlib.util.find_spec("transformers") is not None
+    cases += ["heavy:B", "heavy:gpt2"] if with_gpt2 else []
+    contenders = {}
+    for case in cases:
+        step = step_for(*case.split(":"))
+        step()
+        contenders[case] = step
+        contenders[case + " kernels"] = replay(recorded_kernel_calls(step))
+    times = {name: median(t) * 1e3 for name, t in interleaved_times(contenders, rounds=rounds, repeats=1).items()}
     rows = []
-    for case, reference in BOUNDS:
-        if case in totals and reference in totals:
-            (total, kernels), (ref_total, ref_kernels) = totals[case], totals[reference]
-            bound = ref_total + kernels - ref_kernels
-            rows.append(
-                [
-                    f"{case} vs {reference}",
-                    f"{total / ref_total:.2f}",
-                    f"{kernels:.0f} vs {ref_kernels:.0f}",
-                    f"{bound / ref_total:.2f}",
-                ]
-            )
-    header = ["ratio", "measured (operator time)", "kernel ms (mm, bmm, attention, LU)", "lower bound"]
-    text = "#### Lower bounds from the profiles\n\n" + markdown_table(header, rows) + "\n"
-    if "heavy:gpt2" in totals and "heavy:B" in totals:
-        (gpt_total, gpt_kernels), (b_total, b_kernels) = totals["heavy:gpt2"], totals["heavy:B"]
+    for case, reference in FLOORS:
+        floor = times[reference] - times[reference + " kernels"] + times[case + " kernels"]
+        rows.append(
+            [
+                f"{case} vs {reference}",
+                f"{times[case] / times[reference]:.2f}",
+                f"{times[case + ' kernels']:.0f} vs {times[reference + ' kernels']:.0f}",
+                f"{floor / times[reference]:.2f}",
+            ]
+        )
+    header = ["ratio", "measured (step time)", "kernel ms, replayed (mm, bmm, attention)", "floor"]
+    text = (
+        "#### Floors: each step's kernel calls replayed alone\n\n"
+        "Every matrix product and attention-kernel call of one training step, recorded with its shapes and "
+        "replayed alone on random tensors, interleaved with the steps themselves (median of "
+        f"{rounds} rounds). The floor adds only the case's *extra* kernel time to the reference's step, as "
+        "if every other operator it adds were free. R2_L's LU factorisations and solves are not replayed, "
+        "so its floor is low.\n\n" + markdown_table(header, rows) + "\n"
+    )
+    if with_gpt2:
+        gpt2_step, b_step, b_kernels = times["heavy:gpt2"], times["heavy:B"], times["heavy:B kernels"]
         text += (
-            "\n#### B's speed against GPT-2 at the heavy shape: an upper bound\n\n"
-            "B's step takes at least its own matrix-product and attention-kernel time, so B's speed over "
-            "GPT-2 is at most GPT-2's step over B's kernel time.\n\n"
-            + markdown_table(
-                ["", "operator ms", "kernel ms", "speed of B vs GPT-2"],
-                [
-                    ["transformers GPT-2", f"{gpt_total:.0f}", f"{gpt_kernels:.0f}", ""],
-                    ["sympformer B", f"{b_total:.0f}", f"{b_kernels:.0f}", f"measured {gpt_total / b_total:.2f}"],
-                    [
-                        "B with free glue",
-                        f"{b_kernels:.0f}",
-                        f"{b_kernels:.0f}",
-                        f"at most {gpt_total / b_kernels:.2f}",
-                    ],
-                ],
-            )
-            + "\n"
+            "\nB against GPT-2 at the heavy shape: B's step takes at least its own kernel time, so B's speed over "
+            f"GPT-2 is at most GPT-2's step over it: measured {gpt2_step / b_step:.2f}×, at most "
+            f"{gpt2_step / b_kernels:.2f}× (GPT-2 {gpt2_step:.0f} ms, B {b_step:.0f} ms, B's kernels "
+            f"{b_kernels:.0f} ms; GPT-2's kernels {times['heavy:gpt2 kernels']:.0f} ms).\n"
         )
     return text
 
@@ -173,19 +234,16 @@ SAVED = {"heavy": ["B", "H0", "H1", "R2"], "linear": ["B_L", "H0_L", "R2_L"], "v
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    default = sorted({case for pair in BOUNDS for case in pair} | {"heavy:B"})
+    default = sorted({case for pair in PROFILED for case in pair} | {"heavy:B"})
     parser.add_argument("--cases", default=",".join(default))
     parser.add_argument("--rows", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of the kernel-floor timing")
     parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
     args = parser.parse_args()
     apply_allocator_choice()  # as the sympformer command does (SYMPFORMER_CPU_ALLOCATOR)
-    cases = args.cases.split(",")
-    if importlib.util.find_spec("transformers") is not None and "heavy:B" in cases:
-        cases.append("heavy:gpt2")  # the upper bound of B's speed against GPT-2
-    profiled = profile_cases(cases, args.rows)
+    profiled = profile_cases(args.cases.split(","), args.rows)
     tables = [text for text, _, _ in profiled.values()]
-    totals = {case: (total, kernels) for case, (_, total, kernels) in profiled.items()}
-    body = bounds_table(totals) + "\n" + "\n".join(tables)
+    body = kernel_floors(args.rounds) + "\n" + "\n".join(tables)
     body += "".join("\n" + saved_activations(shape, archs) for shape, archs in SAVED.items())
     print(body)
     write_section(args.results, "profiles-cpu", "Profiles of one training step (CPU)", body)
