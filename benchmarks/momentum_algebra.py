@@ -5,7 +5,7 @@ with B:
   in the backward pass by a custom autograd Function), and the H1/R2 connection algebra is
   checkpointed when its activations reach `sympformer.nn.recompute.MIN_ELEMENTS`;
 - `checkpoint`: the same LayerNorm sums recomputed by `torch.utils.checkpoint` regions instead (the
-  design before the fused function), under the same threshold;
+  design before the fused function; the attention and MLP outputs kept), under the same threshold;
 - `plain`: an ordinary autograd graph, nothing rebuilt or recomputed.
 
 For each: the training-step time and the bytes autograd keeps for the backward pass.
@@ -30,7 +30,7 @@ import sympformer.nn.v1_blocks as v1_blocks_module  # noqa: E402
 from sympformer.allocator import apply_allocator_choice  # noqa: E402
 from sympformer.benchmarking import interleaved_times, median, saved_storages, training_optimizer, write_section  # noqa: E402
 from sympformer.nn import SympFormerConfig, SympFormerLM  # noqa: E402
-from sympformer.nn.norm_sum import layer_norm_of_sum  # noqa: E402
+from sympformer.nn.norm_sum import Affine, layer_norm_of_sum  # noqa: E402
 from sympformer.nn.recompute import recomputed  # noqa: E402
 from sympformer.utils import markdown_table  # noqa: E402
 
@@ -39,12 +39,12 @@ MODES = ("fused", "checkpoint", "plain")
 
 
 def checkpointed_layer_norm_of_sum(norm, *terms):
-    coefficients, streams = [c for c, _ in terms], [t for _, t in terms]
+    coefficients, streams = [c for c, _ in terms], [t.value() if isinstance(t, Affine) else t for _, t in terms]
     return recomputed(lambda *ts: norm(sum(c * t for c, t in zip(coefficients, ts, strict=True))), *streams)
 
 
 def plain_layer_norm_of_sum(norm, *terms):
-    return norm(sum(c * t for c, t in terms))
+    return norm(sum(c * (t.value() if isinstance(t, Affine) else t) for c, t in terms))
 
 
 def in_mode(mode: str, fn):

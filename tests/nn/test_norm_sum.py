@@ -72,3 +72,41 @@ def test_under_bf16_autocast_runs_in_float32_like_layer_norm():
     (grad_beta,) = torch.autograd.grad((fused * fused).sum(), [beta])
     (want_beta,) = torch.autograd.grad((truth * truth).sum(), [beta])
     torch.testing.assert_close(grad_beta.double(), want_beta.double(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_affine_terms_equal_the_plain_product_with_every_gradient(with_bias):
+    """An Affine stream t = a Wᵀ + b is rebuilt in the backward pass: same values and gradients (of a, W,
+    b, the coefficients and the LayerNorm) as the plain graph, and t itself is not kept."""
+    from sympformer.nn.norm_sum import Affine
+
+    norm, (x, v, _), (beta, gain) = case()
+    g = torch.Generator().manual_seed(9)
+    a = torch.randn(2, 5, 24, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(6, 24, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(6, generator=g, dtype=torch.float64, requires_grad=True) if with_bias else None
+    inputs = [x, v, a, w, beta, gain, *norm.parameters()] + ([b] if with_bias else [])
+    weights = torch.randn(2, 5, 6, generator=g, dtype=torch.float64)
+    fused = layer_norm_of_sum(norm, (1, x), (beta, v), (gain, Affine(a, w, b)))
+    reference = plain(norm, (1, x), (beta, v), (gain, torch.nn.functional.linear(a, w, b)))
+    torch.testing.assert_close(fused, reference, rtol=0, atol=1e-14)
+    got = torch.autograd.grad((fused * weights).sum(), inputs)
+    want = torch.autograd.grad((reference * weights).sum(), inputs)
+    for one, other in zip(got, want, strict=True):
+        torch.testing.assert_close(one, other, rtol=1e-12, atol=1e-13)
+    kept = sum(saved_storages(lambda: layer_norm_of_sum(norm, (beta, v), (gain, Affine(a, w, b)))).values())
+    stream, hidden = v.numel() * 8, a.numel() * 8
+    assert kept <= stream + hidden + w.numel() * 8 + 64 * 8 + 400  # v, a, W, b, statistics: no t
+
+
+def test_affine_terms_under_autocast_are_ordinary_products():
+    from sympformer.nn.norm_sum import Affine
+
+    norm, (x, _, _), (beta, _) = case(dtype=torch.float32)
+    a = torch.randn(2, 5, 24)
+    w = torch.randn(6, 24, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fused = layer_norm_of_sum(norm, (1, x), (beta, Affine(a, w, None)))
+        reference = plain(norm, (1, x), (beta, torch.nn.functional.linear(a, w)))
+    assert fused.dtype == torch.float32  # the product in bfloat16 as autocast runs it; the sum is not rounded
+    torch.testing.assert_close(fused, reference, rtol=0, atol=2e-2)

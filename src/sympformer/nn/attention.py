@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sympformer.nn.norm_sum import Affine
 from sympformer.nn.recompute import recomputed
 from sympformer.softmax_ops import (
     kernel_log_normaliser,
@@ -96,8 +97,11 @@ class AttentionBase(CallCounter, nn.Module):
         """dq = W_Q u and dk = W_K u (:meth:`direction`)."""
         return self.direction(u, "q"), self.direction(u, "k")
 
-    def output(self, y: Tensor) -> Tensor:
-        """The attention output c_proj(merge(y)) with residual dropout."""
+    def output(self, y: Tensor, deferred: bool = False) -> Tensor | Affine:
+        """The attention output c_proj(merge(y)) with residual dropout; with ``deferred`` and no dropout
+        active, as an :class:`Affine` term for :func:`layer_norm_of_sum` (the product is not kept)."""
+        if deferred and not (self.training and self.resid_dropout.p > 0):
+            return Affine(self.merge_heads(y), self.c_proj.weight, self.c_proj.bias)
         return self.resid_dropout(self.c_proj(self.merge_heads(y)))
 
 
@@ -206,10 +210,11 @@ class CausalSelfAttention(AttentionBase):
         self.count(evaluations=int(new_softmax), kernel_calls=1)
         return list(out.split(widths, dim=-1))
 
-    def forward(self, z: Tensor) -> Tensor:
+    def forward(self, z: Tensor, deferred: bool = False) -> Tensor | Affine:
+        """The attention output (``deferred``: as an Affine term, see :meth:`output`)."""
         q, k, w = self.project(z)
         (y,) = self.aggregate(q, k, [w])
-        return self.output(y)
+        return self.output(y, deferred)
 
     # --- the connection term -------------------------------------------------------------------
 

@@ -163,9 +163,10 @@ class PrefixLinearAttention(AttentionBase):
         if self.cache is not None:
             self.cache["count"] = int(self.cache.get("count", 0)) + length
 
-    def forward(self, z: Tensor) -> Tensor:
+    def forward(self, z: Tensor, deferred: bool = False) -> Tensor:
+        """The attention output (``deferred``: as an Affine term, see :meth:`AttentionBase.output`)."""
         q, k, w = self.project(z)
-        out = self.output(self._attend(q, k, w))
+        out = self.output(self._attend(q, k, w), deferred)
         self._finish(z.shape[1])
         return out
 

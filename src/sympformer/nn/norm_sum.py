@@ -10,6 +10,11 @@ anyway) and the LayerNorm's row statistics, and in the backward pass rebuilds th
     u = Σ c_k t_k,   (∂u, ∂w, ∂b) = LayerNorm backward(∂y; u, mean, rstd),
     ∂t_k = c_k ∂u,   ∂c_k = ⟨∂u, t_k⟩  (one dot product, no temporary).
 
+A stream may also be an :class:`Affine` term t = a Wᵀ + b whose input a is kept anyway (the
+attention's merged heads, the MLP's GELU output): then t itself is not kept but rebuilt in the
+backward pass by one product, and the gradients of a, W and b come from here (∂a = ∂t W,
+∂W = ∂tᵀ a, ∂b = Σ ∂t). H0 thereby keeps neither F nor the MLP output f.
+
 It replaces activation checkpointing of the same algebra (torch.utils.checkpoint), whose fixed cost
 per region (a frame, saved-tensor hooks, a second forward through autograd) cost the v1 presymplectic
 Euler step 8 % at the v1 benchmark shape (benchmarks/RESULTS.md, "Recomputed momentum algebra").
@@ -18,11 +23,25 @@ Under autocast it runs in float32, as autocast runs ``layer_norm``.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 Coefficient = Tensor | float
+
+
+class Affine(NamedTuple):
+    """The stream t = input Wᵀ + b, rebuilt in the backward pass instead of kept (module docstring)."""
+
+    input: Tensor
+    weight: Tensor
+    bias: Tensor | None
+
+    def value(self) -> Tensor:
+        return F.linear(self.input, self.weight, self.bias)
 
 
 def _weighted_sum(coefficients, streams, out_of_place: bool = False) -> Tensor:
@@ -42,21 +61,28 @@ def _weighted_sum(coefficients, streams, out_of_place: bool = False) -> Tensor:
     return total
 
 
+def _streams(kinds: tuple[bool, ...], flat) -> list[Tensor]:
+    """The streams from the flat inputs: one tensor per plain term, (input, W, b) per affine term."""
+    streams, at = [], 0
+    for affine in kinds:
+        streams.append(F.linear(*flat[at : at + 3]) if affine else flat[at])
+        at += 3 if affine else 1
+    return streams
+
+
 class _LayerNormOfSum(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, eps: float, weight, bias, n_terms: int, *items):
-        coefficients, streams = items[:n_terms], items[n_terms:]
+    def forward(ctx, eps: float, weight, bias, kinds: tuple[bool, ...], *items):
+        n = len(kinds)
+        coefficients, flat = items[:n], items[n:]
+        streams = _streams(kinds, flat)
         total = _weighted_sum(coefficients, streams)
         shape = [total.shape[-1]]
         out, mean, rstd = torch.native_layer_norm(total, shape, weight, bias, eps)
-        tensor_coefficients = [c if isinstance(c, Tensor) else None for c in coefficients]
         ctx.float_coefficients = [None if isinstance(c, Tensor) else c for c in coefficients]
-        ctx.save_for_backward(weight, bias, mean, rstd, *[c for c in tensor_coefficients if c is not None], *streams)
-        ctx.n_terms, ctx.n_tensor_coefficients, ctx.shape = (
-            n_terms,
-            sum(c is not None for c in tensor_coefficients),
-            shape,
-        )
+        tensor_coefficients = [c for c in coefficients if isinstance(c, Tensor)]
+        ctx.save_for_backward(weight, bias, mean, rstd, *tensor_coefficients, *flat)
+        ctx.kinds, ctx.n_tensor_coefficients, ctx.shape = kinds, len(tensor_coefficients), shape
         return out
 
     @staticmethod
@@ -65,31 +91,38 @@ class _LayerNormOfSum(torch.autograd.Function):
         weight, bias, mean, rstd, *rest = ctx.saved_tensors
         given = iter(rest[: ctx.n_tensor_coefficients])
         coefficients = [next(given) if c is None else c for c in ctx.float_coefficients]
-        streams = rest[ctx.n_tensor_coefficients :]
+        flat = rest[ctx.n_tensor_coefficients :]
+        streams = _streams(ctx.kinds, flat)
         total = _weighted_sum(coefficients, streams)
         needs = ctx.needs_input_grad
         grad_total, grad_weight, grad_bias = torch.ops.aten.native_layer_norm_backward(
             grad_out.contiguous(), total, ctx.shape, mean, rstd, weight, bias, [True, needs[1], needs[2]]
         )
-        n = ctx.n_terms
+        n = len(ctx.kinds)
         grad_coefficients = [
             torch.dot(grad_total.flatten(), t.flatten()).to(c.dtype) if needs[4 + k] else None
             for k, (c, t) in enumerate(zip(coefficients, streams, strict=True))
         ]
-        grad_streams = []
-        for k, (c, t) in enumerate(zip(coefficients, streams, strict=True)):
-            if not needs[4 + n + k]:
-                grad_streams.append(None)
-            elif isinstance(c, float) and c == 1.0:
-                grad_streams.append(grad_total.to(t.dtype))
-            else:
-                grad_streams.append((grad_total * c).to(t.dtype))
-        return None, grad_weight, grad_bias, None, *grad_coefficients, *grad_streams
+        grad_flat, at = [], 4 + n
+        for c, t, affine in zip(coefficients, streams, ctx.kinds, strict=True):
+            grad_t = grad_total if isinstance(c, float) and c == 1.0 else grad_total * c
+            if not affine:
+                grad_flat.append(grad_t.to(t.dtype) if needs[at] else None)
+                at += 1
+                continue
+            a, w, b = flat[len(grad_flat) : len(grad_flat) + 3]
+            rows = grad_t.reshape(-1, grad_t.shape[-1])
+            grad_flat.append(grad_t @ w if needs[at] else None)
+            grad_flat.append(rows.T @ a.reshape(-1, a.shape[-1]) if needs[at + 1] else None)
+            grad_flat.append(rows.sum(0) if b is not None and needs[at + 2] else None)
+            at += 3
+        return None, grad_weight, grad_bias, None, *grad_coefficients, *grad_flat
 
 
-def layer_norm_of_sum(norm: nn.LayerNorm, *terms: tuple[Coefficient, Tensor]) -> Tensor:
-    """``norm(Σ c_k t_k)`` for terms (c_k, t_k), keeping only the streams t_k and the row statistics for
-    the backward pass (module docstring). Coefficients: 0-d tensors (learned scalars) or numbers."""
+def layer_norm_of_sum(norm: nn.LayerNorm, *terms: tuple[Coefficient, Tensor | Affine]) -> Tensor:
+    """``norm(Σ c_k t_k)`` for terms (c_k, t_k), keeping only the streams t_k (the inputs of
+    :class:`Affine` ones) and the row statistics for the backward pass (module docstring).
+    Coefficients: 0-d tensors (learned scalars) or numbers."""
     coefficients, streams = [], []
     for c, t in terms:  # a stream given twice (H0's x_a = x + V_a, then + μ V_a) becomes one term
         c = c if isinstance(c, Tensor) else float(c)
@@ -99,18 +132,25 @@ def layer_norm_of_sum(norm: nn.LayerNorm, *terms: tuple[Coefficient, Tensor]) ->
         else:
             coefficients.append(c)
             streams.append(t)
-    if torch.compiler.is_compiling():
-        # inductor fuses the sum into the LayerNorm and chooses what to recompute itself; and tracing this
-        # Function inside nested activation checkpoints fails in torch 2.13 once another model compiled
+    device = (streams[0].input if isinstance(streams[0], Affine) else streams[0]).device.type
+    autocast = torch.is_autocast_enabled(device)
+    if autocast or torch.compiler.is_compiling():  # affine terms as ordinary products (in the autocast dtype)
+        streams = [t.value() if isinstance(t, Affine) else t for t in streams]
+    if torch.compiler.is_compiling():  # inductor fuses the sum into the LayerNorm and chooses what to recompute
         return norm(_weighted_sum(coefficients, streams, out_of_place=True))
-    device = streams[0].device.type
-    if torch.is_autocast_enabled(device):  # autocast runs layer_norm in float32: so does this
+    if autocast:  # autocast runs layer_norm in float32: so does this
         streams = [t.float() for t in streams]
         coefficients = [c.float() if isinstance(c, Tensor) else c for c in coefficients]
         with torch.autocast(device, enabled=False):
-            return _LayerNormOfSum.apply(norm.eps, norm.weight, norm.bias, len(streams), *coefficients, *streams)
-    dtype = streams[0].dtype
-    for t in streams[1:]:
-        dtype = torch.promote_types(dtype, t.dtype)
-    streams = [t.to(dtype) for t in streams]
-    return _LayerNormOfSum.apply(norm.eps, norm.weight, norm.bias, len(streams), *coefficients, *streams)
+            return _apply(norm, coefficients, streams)
+    dtype = None
+    for t in streams:
+        t_dtype = t.input.dtype if isinstance(t, Affine) else t.dtype
+        dtype = t_dtype if dtype is None else torch.promote_types(dtype, t_dtype)
+    return _apply(norm, coefficients, [t if isinstance(t, Affine) else t.to(dtype) for t in streams])
+
+
+def _apply(norm: nn.LayerNorm, coefficients: list, streams: list) -> Tensor:
+    kinds = tuple(isinstance(t, Affine) for t in streams)
+    flat = [x for t in streams for x in (t if isinstance(t, Affine) else (t,))]
+    return _LayerNormOfSum.apply(norm.eps, norm.weight, norm.bias, kinds, *coefficients, *flat)
