@@ -101,7 +101,7 @@ class MomentumBlock(nn.Module):
         # x_a = x + increment is formed twice (here and in the result) on purpose: passing x_a to the
         # LayerNorm would keep one more (B, T, C) tensor, x and the increment are kept anyway
         base = layer_norm_of_sum(self.ln_m, (1, x), (1, increment), (self.mu2(), v_a))
-        f = self.mlp(base, deferred=True)  # the MLP output is rebuilt in the backward pass, not kept
+        f = self.mlp(base)
         v_new = layer_norm_of_sum(self.ln_v, (self.beta2(), v_a), (self.gamma2() + self.gain_floor, f))
         return x + increment + v_new, v_new
 
@@ -113,7 +113,7 @@ class H0(MomentumBlock):
     """
 
     def attention_half_step(self, x, v):
-        f = self.attn(self.attention_base(x, v), deferred=True)  # F is rebuilt in the backward pass
+        f = self.attn(self.attention_base(x, v), deferred=True)  # F is rebuilt in the backward pass (C × C)
         v_a = layer_norm_of_sum(self.ln_v, (self.beta1(), v), (self.gain1(), f))
         return v_a, v_a
 

@@ -8,8 +8,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sympformer.nn.norm_sum import Affine
-
 
 class LayerNorm(nn.LayerNorm):
     """nanoGPT LayerNorm: learned weight, optional bias, eps 1e-5."""
@@ -27,13 +25,8 @@ class MLP(nn.Module):
         self.c_proj = nn.Linear(4 * n_embd, n_embd, bias=bias)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, deferred: bool = False) -> Tensor:
-        """W₂ GELU(W₁ x); with ``deferred`` and no dropout active, as an Affine term for
-        :func:`sympformer.nn.norm_sum.layer_norm_of_sum` (the output is then not kept)."""
-        hidden = F.gelu(self.c_fc(x))
-        if deferred and not (self.training and self.dropout.p > 0):
-            return Affine(hidden, self.c_proj.weight, self.c_proj.bias)
-        return self.dropout(self.c_proj(hidden))
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
 
 
 class ConstrainedScalar(nn.Module):

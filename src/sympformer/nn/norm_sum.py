@@ -10,14 +10,15 @@ anyway) and the LayerNorm's row statistics, and in the backward pass rebuilds th
     u = Σ c_k t_k,   (∂u, ∂w, ∂b) = LayerNorm backward(∂y; u, mean, rstd),
     ∂t_k = c_k ∂u,   ∂c_k = ⟨∂u, t_k⟩  (one dot product, no temporary).
 
-A stream may also be an :class:`Affine` term t = a Wᵀ + b whose input a is kept anyway (the
-attention's merged heads, the MLP's GELU output): then t itself is not kept but rebuilt in the
-backward pass by one product, and the gradients of a, W and b come from here (∂a = ∂t W,
-∂W = ∂tᵀ a, ∂b = Σ ∂t). H0 thereby keeps neither F nor the MLP output f.
+A stream may also be an :class:`Affine` term t = a Wᵀ + b whose input a is kept anyway: then t
+itself is not kept but rebuilt in the backward pass by one product, and the gradients of a, W and b
+come from here (∂a = ∂t W, ∂W = ∂tᵀ a, ∂b = Σ ∂t). H0 and Y pass their attention output F = W_O y
+so (a C × C product); the MLP output is kept, since rebuilding it (a 4C × C product) made H0's step
+8 % slower at the attention-heavy shape (1.055 → 1.143× B in one process).
 
 It replaces activation checkpointing of the same algebra (torch.utils.checkpoint), whose fixed cost
-per region (a frame, saved-tensor hooks, a second forward through autograd) cost the v1 presymplectic
-Euler step 8 % at the v1 benchmark shape (benchmarks/RESULTS.md, "Recomputed momentum algebra").
+per region (a frame, saved-tensor hooks, a second forward through autograd) showed: v1_pe 1.387 →
+1.333× B, heavy Y 1.074 → 1.025× B (benchmarks/RESULTS.md, "The momentum blocks' algebra").
 Under autocast it runs in float32, as autocast runs ``layer_norm``.
 """
 

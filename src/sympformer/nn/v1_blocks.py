@@ -172,7 +172,7 @@ class V1Block(nn.Module):
             v_attn = (x - x_before) / h_x
             return x + self.gamma() * self.mlp(self.ln_m(x + self.mu() * v_attn)), v
         v = torch.zeros_like(x) if v is None else v
-        f = self.mlp(layer_norm_of_sum(self.ln_m, (1, x), (self.mu(), v)), deferred=True)  # rebuilt in backward
+        f = self.mlp(layer_norm_of_sum(self.ln_m, (1, x), (self.mu(), v)))  # (sums rebuilt in the backward pass)
         v = layer_norm_of_sum(self.ln_v, (self.beta(), v), (self.gamma(), f))
         return x + v, v
 
