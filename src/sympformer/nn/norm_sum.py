@@ -17,8 +17,8 @@ so (a C × C product); the MLP output is kept, since rebuilding it (a 4C × C pr
 8 % slower at the attention-heavy shape (1.055 → 1.143× B in one process).
 
 It replaces activation checkpointing of the same algebra (torch.utils.checkpoint), whose fixed cost
-per region (a frame, saved-tensor hooks, a second forward through autograd) showed: v1_pe 1.387 →
-1.333× B, heavy Y 1.074 → 1.025× B (benchmarks/RESULTS.md, "The momentum blocks' algebra").
+per region (a frame, saved-tensor hooks, a second forward through autograd) showed most at the v1
+shape: v1_fe 1.255–1.318 → 1.222–1.235× B over two runs (benchmarks/momentum_algebra.py).
 Under autocast it runs in float32, as autocast runs ``layer_norm``.
 """
 
