@@ -104,11 +104,15 @@ def _calling_site() -> str:
 
 def _saved(fn, site: Callable[[], str]) -> dict[int, tuple[int, str]]:
     kept: dict[int, tuple[int, str]] = {}
+    alive = []  # every saved storage stays alive until fn returns: a part of the graph that fn drops early
+    # (a branch the output does not use) would otherwise free its storages, and a later tensor at the same
+    # address would be taken for one already counted (an undercount that depended on the allocator)
 
     def pack(tensor):
         storage = tensor.untyped_storage()
         if storage.data_ptr() not in kept:
             kept[storage.data_ptr()] = (storage.nbytes(), site())
+            alive.append(storage)
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
