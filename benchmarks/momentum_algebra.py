@@ -30,7 +30,7 @@ import sympformer.nn.v1_blocks as v1_blocks_module  # noqa: E402
 from sympformer.allocator import apply_allocator_choice  # noqa: E402
 from sympformer.benchmarking import interleaved_times, median, saved_storages, training_optimizer, write_section  # noqa: E402
 from sympformer.nn import SympFormerConfig, SympFormerLM  # noqa: E402
-from sympformer.nn.norm_sum import Affine, layer_norm_of_sum  # noqa: E402
+from sympformer.nn.norm_sum import Affine, layer_norm_of_sum, plain_layer_norm_of_sum  # noqa: E402
 from sympformer.nn.recompute import recomputed  # noqa: E402
 from sympformer.utils import markdown_table  # noqa: E402
 
@@ -41,10 +41,6 @@ MODES = ("fused", "checkpoint", "plain")
 def checkpointed_layer_norm_of_sum(norm, *terms):
     coefficients, streams = [c for c, _ in terms], [t.value() if isinstance(t, Affine) else t for _, t in terms]
     return recomputed(lambda *ts: norm(sum(c * t for c, t in zip(coefficients, ts, strict=True))), *streams)
-
-
-def plain_layer_norm_of_sum(norm, *terms):
-    return norm(sum(c * (t.value() if isinstance(t, Affine) else t) for c, t in terms))
 
 
 def in_mode(mode: str, fn):

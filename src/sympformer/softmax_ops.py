@@ -47,7 +47,7 @@ class _CPUFlashAverage(torch.autograd.Function):
     does it: zero in q, k and v (scores and dP unchanged), one in the output, −dL_i in dO."""
 
     @staticmethod
-    def forward(ctx, q, k, scale, causal, with_log_norm, *pieces):
+    def forward(ctx, q, k, scale, causal, *pieces):
         ctx.set_materialize_grads(False)
         widths = [v.shape[-1] for v in pieces]
         width = max(q.shape[-1], sum(widths))
@@ -57,11 +57,11 @@ class _CPUFlashAverage(torch.autograd.Function):
         )
         ctx.save_for_backward(q, k, out, log_norm, *pieces)
         ctx.scale, ctx.causal, ctx.width = scale, causal, width
-        return (out[..., : sum(widths)], log_norm) if with_log_norm else out[..., : sum(widths)]
+        return out[..., : sum(widths)], log_norm
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_out, grad_log_norm=None):
+    def backward(ctx, grad_out, grad_log_norm):
         q, k, out, log_norm, *pieces = ctx.saved_tensors
         widths = [v.shape[-1] for v in pieces]
         grad_out = torch.zeros_like(out[..., : sum(widths)]) if grad_out is None else grad_out
@@ -83,7 +83,7 @@ class _CPUFlashAverage(torch.autograd.Function):
             scale=ctx.scale,
         )
         grad_pieces = grad_v[..., : sum(widths)].split(widths, -1)
-        return grad_q[..., : q.shape[-1]], grad_k[..., : k.shape[-1]], None, None, None, *grad_pieces
+        return grad_q[..., : q.shape[-1]], grad_k[..., : k.shape[-1]], None, None, *grad_pieces
 
 
 def _cpu_flash_applies(q: Tensor, k: Tensor, mask: Tensor | None, dropout_p: float = 0.0) -> bool:
@@ -105,22 +105,14 @@ def _as4d(t: Tensor) -> Tensor:
     return t.reshape(math.prod(t.shape[:-2]), 1, *t.shape[-2:]) if t.ndim != 4 else t  # kernels want (B, H, L, E)
 
 
-def _cpu_flash(q: Tensor, k: Tensor, pieces: list[Tensor], scale: float, causal: bool, with_log_norm: bool):
-    """Σ_j P_ij [v¹_j, v², …] by :class:`_CPUFlashAverage`, shape (..., L, d), and with ``with_log_norm``
-    L_i too, shape (..., L)."""
+def _cpu_flash(q: Tensor, k: Tensor, pieces: list[Tensor], scale: float, causal: bool) -> tuple[Tensor, Tensor]:
+    """(Σ_j P_ij [v¹_j, v², …], L_i) by :class:`_CPUFlashAverage`, shapes (..., L, d) and (..., L)."""
     batch, length = q.shape[:-2], q.shape[-2]
     # like SDPA under autocast, compute in the autocast dtype (else in q's dtype)
     dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else q.dtype
-    inputs = [_as4d(q).to(dtype), _as4d(k).to(dtype)]
-    for v in pieces:
-        # a tensor passed twice (H1 averages its keys) goes in once more as a view: torch.compile
-        # cannot trace an autograd.Function given the same tensor twice
-        v = _as4d(v).to(dtype)
-        inputs.append(v.view_as(v) if any(v is seen for seen in inputs) else v)
-    result = _CPUFlashAverage.apply(inputs[0], inputs[1], scale, causal, with_log_norm, *inputs[2:])
-    out, log_norm = result if with_log_norm else (result, None)
-    out = out.reshape(*batch, length, out.shape[-1])
-    return (out, log_norm.reshape(*batch, length)) if with_log_norm else out
+    inputs = [_as4d(t).to(dtype) for t in (q, k, *pieces)]
+    out, log_norm = _CPUFlashAverage.apply(inputs[0], inputs[1], scale, causal, *inputs[2:])
+    return out.reshape(*batch, length, out.shape[-1]), log_norm.reshape(*batch, length)
 
 
 def softmax_average_of(
@@ -137,7 +129,7 @@ def softmax_average_of(
     last dimension (j ≤ i when ``causal``; j where ``mask`` is True when a boolean mask is given);
     shapes (..., L, d), one fused kernel call (with attention dropout ``dropout_p``: SDPA's own)."""
     if _cpu_flash_applies(q, k, mask, dropout_p):
-        return _cpu_flash(q, k, pieces, scale, causal, with_log_norm=False)
+        return _cpu_flash(q, k, pieces, scale, causal)[0]
     batch = q.shape[:-2]
     width = sum(v.shape[-1] for v in pieces)
     full = max(q.shape[-1], width)
@@ -180,7 +172,7 @@ def softmax_average_with_normaliser(
     that keeps π_i away from 0 and 1 in the working precision (|c_i − L_i| ≲ 80 in float32, ≲ 700 in
     float64). ``centre`` may be None where :func:`kernel_log_normaliser` is True. ``v`` may have width 0."""
     if _cpu_flash_applies(q, k, mask):
-        return _cpu_flash(q, k, [v], scale, causal, with_log_norm=True)
+        return _cpu_flash(q, k, [v], scale, causal)
     if centre is None:
         raise ValueError("the sentinel key needs a centre: only the CPU flash kernel returns L by itself")
     centre = centre.detach()

@@ -230,7 +230,7 @@ def saved_bytes(model, idx) -> int:
     return sum(saved_storages(lambda: model(idx, idx)).values())
 
 
-def plain_layer_norm_of_sum(norm, *terms):
+def reference_layer_norm_of_sum(norm, *terms):
     """The ordinary autograd graph of norm(Σ c_k t_k), Affine terms as plain products."""
     from sympformer.nn.norm_sum import Affine
 
@@ -253,7 +253,7 @@ def test_rebuilt_algebra_matches_the_plain_graph_and_saves_memory(monkeypatch, a
     rebuilding = saved_bytes(tiny_model(arch), idx)
     monkeypatch.setattr(attention_module, "recomputed", lambda fn, *inputs: fn(*inputs))
     for module in (blocks_module, v1_blocks_module):
-        monkeypatch.setattr(module, "layer_norm_of_sum", plain_layer_norm_of_sum)
+        monkeypatch.setattr(module, "layer_norm_of_sum", reference_layer_norm_of_sum)
     plain_logits, plain_grads = outputs_and_grads(tiny_model(arch), idx)
     torch.testing.assert_close(logits, plain_logits, rtol=0, atol=1e-13)
     assert grads.keys() == plain_grads.keys()

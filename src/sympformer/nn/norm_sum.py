@@ -45,12 +45,8 @@ class Affine(NamedTuple):
         return F.linear(self.input, self.weight, self.bias)
 
 
-def _weighted_sum(coefficients, streams, out_of_place: bool = False) -> Tensor:
-    """Σ c_k t_k, accumulated in place into one new tensor (out of place: an ordinary autograd graph)."""
-    if out_of_place:
-        return sum(
-            t if isinstance(c, float) and c == 1.0 else c * t for c, t in zip(coefficients, streams, strict=True)
-        )
+def _weighted_sum(coefficients, streams) -> Tensor:
+    """Σ c_k t_k, accumulated in place into one new tensor."""
     total = None
     for c, t in zip(coefficients, streams, strict=True):
         if total is None:
@@ -124,6 +120,8 @@ def layer_norm_of_sum(norm: nn.LayerNorm, *terms: tuple[Coefficient, Tensor | Af
     """``norm(Σ c_k t_k)`` for terms (c_k, t_k), keeping only the streams t_k (the inputs of
     :class:`Affine` ones) and the row statistics for the backward pass (module docstring).
     Coefficients: 0-d tensors (learned scalars) or numbers."""
+    if torch.compiler.is_compiling():  # inductor fuses the sum into the LayerNorm and chooses what to recompute
+        return plain_layer_norm_of_sum(norm, *terms)
     coefficients, streams = [], []
     for c, t in terms:  # a stream given twice (H0's x_a = x + V_a, then + μ V_a) becomes one term
         c = c if isinstance(c, Tensor) else float(c)
@@ -134,13 +132,9 @@ def layer_norm_of_sum(norm: nn.LayerNorm, *terms: tuple[Coefficient, Tensor | Af
             coefficients.append(c)
             streams.append(t)
     device = (streams[0].input if isinstance(streams[0], Affine) else streams[0]).device.type
-    autocast = torch.is_autocast_enabled(device)
-    if autocast or torch.compiler.is_compiling():  # affine terms as ordinary products (in the autocast dtype)
-        streams = [t.value() if isinstance(t, Affine) else t for t in streams]
-    if torch.compiler.is_compiling():  # inductor fuses the sum into the LayerNorm and chooses what to recompute
-        return norm(_weighted_sum(coefficients, streams, out_of_place=True))
-    if autocast:  # autocast runs layer_norm in float32: so does this
-        streams = [t.float() for t in streams]
+    if torch.is_autocast_enabled(device):  # autocast runs layer_norm in float32: so does this
+        # (affine terms as ordinary products, in the autocast dtype)
+        streams = [(t.value() if isinstance(t, Affine) else t).float() for t in streams]
         coefficients = [c.float() if isinstance(c, Tensor) else c for c in coefficients]
         with torch.autocast(device, enabled=False):
             return _apply(norm, coefficients, streams)
@@ -149,6 +143,12 @@ def layer_norm_of_sum(norm: nn.LayerNorm, *terms: tuple[Coefficient, Tensor | Af
         t_dtype = t.input.dtype if isinstance(t, Affine) else t.dtype
         dtype = t_dtype if dtype is None else torch.promote_types(dtype, t_dtype)
     return _apply(norm, coefficients, [t if isinstance(t, Affine) else t.to(dtype) for t in streams])
+
+
+def plain_layer_norm_of_sum(norm: nn.LayerNorm, *terms: tuple[Coefficient, Tensor | Affine]) -> Tensor:
+    """The same value as an ordinary autograd graph, which keeps every product and the sum (used under
+    torch.compile, and as the benchmarks' baseline)."""
+    return norm(sum(c * (t.value() if isinstance(t, Affine) else t) for c, t in terms))
 
 
 def _apply(norm: nn.LayerNorm, coefficients: list, streams: list) -> Tensor:
