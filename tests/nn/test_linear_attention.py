@@ -92,22 +92,19 @@ def test_linear_architectures_have_the_softmax_parameter_counts():
 
 @pytest.mark.parametrize("with_state", [False, True])
 def test_ridge_proxy_solves_equal_dense_solves_with_gradients(with_state):
-    """Prefix Grams, one LU factorisation for X₁ = A⁻¹[c, m] and X₂ = A⁻¹ swap(X₁), and the backward pass
+    """The chunked ridge inverse for X₁ = A⁻¹[c, m] and X₂ = A⁻¹ swap(X₁), and the backward pass
     through a reverse prefix-linear pass: against explicit Grams with torch.linalg.solve (values and
     gradients, float64) and finite differences (gradcheck)."""
     from sympformer.nn.linear_attention import _RidgeProxySolves
 
     g = torch.Generator().manual_seed(4)
-    kq = torch.randn(2, 3, 6, 2, 4, generator=g, dtype=torch.float64, requires_grad=True)
-    rhs = torch.randn(2, 3, 6, 2, 4, generator=g, dtype=torch.float64, requires_grad=True)
-    state = torch.eye(4, dtype=torch.float64).expand(2, 3, 2, 4, 4).clone() if with_state else None
+    kq = torch.randn(1, 2, 19, 2, 4, generator=g, dtype=torch.float64, requires_grad=True)  # two chunks, ragged
+    rhs = torch.randn(1, 2, 19, 2, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    state = torch.eye(4, dtype=torch.float64).expand(1, 2, 2, 4, 4).clone() if with_state else None
     second, last = _RidgeProxySolves.apply(kq, rhs, 0.1, state, 4)
 
-    outer = kq.unsqueeze(-1) * kq.unsqueeze(-2)  # (2, 3, 6, 2, 4, 4)
-    grams = torch.stack([outer[:, :, : i + 1].sum(2) for i in range(6)], 2)
-    if with_state:
-        grams = grams + state.unsqueeze(2)
-    systems = grams + 0.1 * torch.eye(4, dtype=torch.float64)
+    systems = _explicit_ridge_systems(kq, 0.1, state)
+    grams = systems - 0.1 * torch.eye(4, dtype=torch.float64)
     first = torch.linalg.solve(systems, rhs)
     expected = torch.linalg.solve(systems, first.flip(-2))
     torch.testing.assert_close(second, expected, rtol=1e-12, atol=1e-12)
@@ -120,17 +117,53 @@ def test_ridge_proxy_solves_equal_dense_solves_with_gradients(with_state):
     assert torch.autograd.gradcheck(lambda kq, rhs: _RidgeProxySolves.apply(kq, rhs, 0.1, state, 4)[0], (kq, rhs))
 
 
-@pytest.mark.parametrize("length, chunk", [(70, 32), (64, 32), (9, 4), (1, 32)])
-def test_prefix_grams_equal_explicit_sums(length, chunk):
-    """Chunked prefix Grams (a triangular product within chunks, a running sum across them, plus a
-    cached state) against the explicit sums Σ_{j≤i} a_j a_jᵀ, float64, across several chunks and a
-    ragged end."""
-    from sympformer.nn.linear_attention import prefix_grams
+def _explicit_ridge_systems(a, ridge, state=None):
+    """state + Σ_{j≤i} a_j a_jᵀ + λI at every position, by explicit sums (float64 reference)."""
+    outer = a.unsqueeze(-1) * a.unsqueeze(-2)
+    grams = torch.stack([outer[:, :, : i + 1].sum(2) for i in range(a.shape[2])], 2)
+    if state is not None:
+        grams = grams + state.unsqueeze(2)
+    return grams + ridge * torch.eye(a.shape[-1], dtype=a.dtype)
+
+
+@pytest.mark.parametrize("length, chunk", [(70, 16), (64, 16), (9, 4), (1, 16), (5, 1)])
+def test_chunked_ridge_inverse_solves_equal_dense_solves(length, chunk):
+    """Chunk-start inverses plus in-chunk Woodbury updates against torch.linalg.solve on the explicit
+    prefix Grams (float64), across several chunks, a ragged end and a cached state; the returned
+    last Gram is the cache's state."""
+    from sympformer.nn.linear_attention import apply_ridge_inverse, chunked_ridge_inverse
 
     g = torch.Generator().manual_seed(5)
     a = torch.randn(2, 3, length, 2, 5, generator=g, dtype=torch.float64)
+    rhs = torch.randn(2, 3, length, 2, 5, generator=g, dtype=torch.float64)
     state = torch.randn(2, 3, 2, 5, 5, generator=g, dtype=torch.float64)
-    outer = a.unsqueeze(-1) * a.unsqueeze(-2)
-    expected = torch.stack([outer[:, :, : i + 1].sum(2) for i in range(length)], 2)
-    torch.testing.assert_close(prefix_grams(a, chunk=chunk), expected, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(prefix_grams(a, state, chunk), expected + state.unsqueeze(2), rtol=1e-12, atol=1e-12)
+    state = state @ state.mT
+    for st in (None, state):
+        systems = _explicit_ridge_systems(a, 0.1, st)
+        start, updates, last = chunked_ridge_inverse(a, 0.1, st, chunk)
+        got = apply_ridge_inverse(start, updates, rhs)
+        torch.testing.assert_close(got, torch.linalg.solve(systems, rhs), rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(last, systems[:, :, -1] - 0.1 * torch.eye(5, dtype=torch.float64))
+
+
+def test_ridge_proxy_solves_stay_accurate_on_ill_conditioned_float32_keys():
+    """float32 keys with a spectrum decaying over two decades and large norms (condition numbers of
+    A_i up to ~1e6 with λ = 1e-3): both solves of the connection proxy stay within float32's rounding
+    of the float64 answer (the inverses run in float64), where per-position float32 LU solves of the
+    same systems are off by far more (the case is hard)."""
+    from sympformer.nn.linear_attention import _RidgeProxySolves
+
+    g = torch.Generator().manual_seed(6)
+    kq = torch.randn(2, 2, 256, 2, 16, generator=g) * torch.logspace(0, -2, 16) * 8
+    rhs = torch.randn(2, 2, 256, 2, 16, generator=g)
+    systems = _explicit_ridge_systems(kq.double(), 1e-3)
+    want = torch.linalg.solve(systems, torch.linalg.solve(systems, rhs.double()).flip(-2))
+    got, _ = _RidgeProxySolves.apply(kq, rhs, 1e-3, None, 32)
+    float32_systems = systems.float()
+    lu = torch.linalg.solve(float32_systems, torch.linalg.solve(float32_systems, rhs).flip(-2))
+    error = lambda x: ((x.double() - want).norm(dim=-1) / want.norm(dim=-1)).max().item()
+    assert got.dtype == torch.float32
+    assert error(got) < 1e-6
+    assert error(lu) > 1e-4
+
+

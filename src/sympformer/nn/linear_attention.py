@@ -20,13 +20,16 @@ Its last row only needs prefix sums, so the fast path never forms an i×i (let a
     b_i  = P_Q P_K c_i,   y_i = P_K P_Q m_i                               (batched solves per position)
     t1_i = −Σ_{j≤i} (b_i · q_j) u_j,   t2_i = W_Kᵀ G_QK y_i / r^{1/4},  G_QK y = Σ_{j≤i} q_j (k_j·y)
     C_i  = mean_h (t1_i + t2_i)
-Only G_KK and G_QQ are formed at every position (r×r each, by chunks: :func:`prefix_grams`), for the
-solves, in one autograd Function (:class:`_RidgeProxySolves`): one batched LU factorisation of the
-stacked [G_KK, G_QQ] + λI serves both solves and the backward pass, and the gradient reaches k and q
-through a reverse prefix-linear pass instead of (T, r, r) gradient tensors. The alternatives are
-timed in benchmarks/kernels.py (RESULTS.md, "Kernel choices"): two `torch.linalg.solve` calls, or
-`lu_factor` + `lu_solve`, or Cholesky solves under autograd all take longer forward + backward (the
-derivative of the factorisation is the cost), and the r = 16 reverse pass is fastest with short chunks.
+No r×r matrix is formed per position: the ridge inverses (P_K, P_Q) of the stacked prefix Grams
+[G_KK, G_QQ] + λI are held as one inverse per chunk of 16 positions plus the chunk's rank-one
+Woodbury updates (:func:`chunked_ridge_inverse`), so each solve is two small products and a masked
+pass, and one such inverse serves both solves and the backward pass of one autograd Function
+(:class:`_RidgeProxySolves`); the gradient reaches k and q through a reverse prefix-linear pass
+instead of (T, r, r) gradient tensors. The alternatives are timed in benchmarks/kernels.py
+(RESULTS.md, "Kernel choices"): per-position Grams with one batched LU factorisation and `lu_solve`
+per solve (LAPACK's per-matrix calls cost ~5× the chunked solves), `torch.linalg.solve` or Cholesky
+solves under autograd (the derivative of the factorisation is the cost); the r = 16 reverse pass is
+fastest with short chunks.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ from torch.autograd.function import once_differentiable
 from sympformer.nn.attention import AttentionBase
 
 RIDGE = 1e-3
+SOLVE_DTYPE = torch.float64  # of the ridge inverses and solves (see _RidgeProxySolves)
+RIDGE_CHUNK = 16  # positions per Woodbury chunk of the ridge inverses (benchmarks/kernels.py)
 
 
 def prefix_linear(q: Tensor, k: Tensor, v: Tensor, chunk: int, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -60,28 +65,57 @@ def prefix_linear(q: Tensor, k: Tensor, v: Tensor, chunk: int, state: Tensor | N
     return out, prefix[:, :, -1] + chunk_states[:, :, -1]
 
 
-def prefix_grams(a: Tensor, state: Tensor | None = None, chunk: int = 32) -> Tensor:
-    """state + Σ_{j≤i} a_j a_jᵀ at every position i, for a (B, H, T, m, r): (B, H, T, m, r, r).
+def chunked_ridge_inverse(
+    a: Tensor, ridge: float, state: Tensor | None = None, chunk: int = 16
+) -> tuple[Tensor, Tensor, Tensor]:
+    r"""The inverses P_i = (A_i)⁻¹ of A_i = state + Σ_{j≤i} a_j a_jᵀ + λI at every position i of a
+    (B, H, T, m, r), in a form that never holds one r×r matrix per position.
 
-    By chunks of positions: within a chunk one product with a lower-triangular matrix of ones, across
-    chunks a running sum of the chunk totals, written straight into the layout the factorisation
-    reads (a running sum along the positions of the (T, r, r) layout is 2–4× slower, and one along
-    the last dimension needs a layout copy; benchmarks/kernels.py)."""
+    By chunks of c positions. Before a chunk (after position s) one batched LU inverse P_s = A_s⁻¹;
+    within it the chunk's rows K (c×r) enter by Woodbury: with M = I + K P_s Kᵀ = R Rᵀ (Cholesky;
+    M ⪰ I) and U = P_s Kᵀ R⁻ᵀ,
+
+        P_{s+j} = P_s − Σ_{k≤j} u_k u_kᵀ,
+
+    because the leading j×j block of the lower-triangular R factors the leading block of M. A solve
+    is then one product with P_s and one masked pass within the chunk (:func:`apply_ridge_inverse`).
+    Returns (P_s per chunk (B, H, n, m, r, r), Uᵀ per chunk (B, H, n, m, c, r), the last prefix Gram
+    without the ridge, for the generation cache)."""
     b, h, t, m, r = a.shape
     chunk = min(chunk, t)
     pad = (-t) % chunk
-    if pad:
+    if pad:  # zero rows change no Gram and give zero updates
         a = F.pad(a, (0, 0, 0, 0, 0, pad))
     n = (t + pad) // chunk
-    outer = (a.unsqueeze(-1) * a.unsqueeze(-2)).reshape(b, h, n, chunk, m * r * r)
-    ones = torch.ones(chunk, chunk, dtype=a.dtype, device=a.device).tril_()
-    with torch.autocast(a.device.type, enabled=False):  # the sums stay in a's precision under autocast
-        within = ones @ outer
-    totals = within[:, :, :, -1:]
-    before = torch.cumsum(totals, dim=2) - totals
+    rows = a.reshape(b, h, n, chunk, m, r).transpose(3, 4)  # K per chunk: (B, H, n, m, c, r)
+    totals = rows.mT @ rows
+    before = torch.cumsum(totals, dim=2) - totals  # the Gram before each chunk
     if state is not None:
-        before = before + state.reshape(b, h, 1, 1, m * r * r)
-    return within.add_(before).reshape(b, h, n * chunk, m, r, r)[:, :, :t]
+        before = before + state.unsqueeze(2)
+    last = before[:, :, -1] + totals[:, :, -1]
+    before.diagonal(dim1=-2, dim2=-1).add_(ridge)
+    start = torch.linalg.inv_ex(before)[0]  # LU with pivoting: no failure mode on an ill-conditioned A_s
+    start = (start + start.mT) / 2
+    rows_p = rows @ start  # K P_s
+    small = rows_p @ rows.mT
+    small.diagonal(dim1=-2, dim2=-1).add_(1.0)
+    factor = torch.linalg.cholesky_ex(small)[0]
+    updates = torch.linalg.solve_triangular(factor, rows_p, upper=False)  # Uᵀ = R⁻¹ K P_s
+    return start, updates, last
+
+
+def apply_ridge_inverse(start: Tensor, updates: Tensor, rhs: Tensor) -> Tensor:
+    """P_i x_i at every position i of a (B, H, T, m, r) ``rhs``, from :func:`chunked_ridge_inverse`'s
+    P_s and Uᵀ: x_i P_s − Σ_{k≤j} (x_i·u_k) u_kᵀ, with i the j-th position of its chunk."""
+    b, h, t, m, r = rhs.shape
+    chunk = updates.shape[-2]
+    pad = (-t) % chunk
+    if pad:
+        rhs = F.pad(rhs, (0, 0, 0, 0, 0, pad))
+    n = (t + pad) // chunk
+    x = rhs.reshape(b, h, n, chunk, m, r).transpose(3, 4)
+    out = x @ start - torch.tril(x @ updates.mT) @ updates
+    return out.transpose(3, 4).reshape(b, h, n * chunk, m, r)[:, :, :t]
 
 
 class _RidgeProxySolves(torch.autograd.Function):
@@ -90,20 +124,24 @@ class _RidgeProxySolves(torch.autograd.Function):
         A_i = [G_KK, G_QQ]_i + λI = state + Σ_{j≤i} a_j a_jᵀ + λI     (prefix Grams)
         X₁ = A⁻¹ [c, m] = [P_K c, P_Q m],   X₂ = A⁻¹ swap(X₁) = [P_K P_Q m, P_Q P_K c]
 
-    One LU factorisation serves both solves and the backward pass (A = Aᵀ). Backward, with
-    Ȳ₂ = A⁻¹ X̄₂ and Ȳ₁ = A⁻¹ (X̄₁ + swap(Ȳ₂)):  c̄, m̄ = Ȳ₁ and Ā_i = −(Ȳ₂ X₂ᵀ + Ȳ₁ X₁ᵀ)_i, whose effect
-    on a_j, ā_j = Σ_{i≥j} (Ā_i + Ā_iᵀ) a_j, is a reverse prefix-linear pass with four key/value pairs,
-    so no (T, r, r) gradient is ever formed. Returns (X₂, the last prefix Gram for the cache)."""
+    One chunked inverse (:func:`chunked_ridge_inverse`) serves both solves and the backward pass
+    (A = Aᵀ). Backward, with Ȳ₂ = A⁻¹ X̄₂ and Ȳ₁ = A⁻¹ (X̄₁ + swap(Ȳ₂)):  c̄, m̄ = Ȳ₁ and
+    Ā_i = −(Ȳ₂ X₂ᵀ + Ȳ₁ X₁ᵀ)_i, whose effect on a_j, ā_j = Σ_{i≥j} (Ā_i + Ā_iᵀ) a_j, is a reverse
+    prefix-linear pass with four key/value pairs, so no (T, r, r) gradient is ever formed. The
+    inverses and solves run in float64 (autocast off): P_s − Σ u uᵀ cancels when the chunk's tokens
+    dominate the Gram before it (the first chunk, where P_0 = I/λ), which costs float32 up to ~10×
+    the error of a per-position LU solve, while float64 stays at float32's rounding of the result
+    (tests/nn/test_linear_attention.py). Returns (X₂ in a's dtype, the last prefix Gram in float64 for
+    the cache)."""
 
     @staticmethod
     def forward(ctx, a, rhs, ridge, state, chunk):
-        grams = prefix_grams(a, state)
-        last = grams[:, :, -1].clone()  # the cache's state: the prefix Gram without the ridge
-        grams.diagonal(dim1=-2, dim2=-1).add_(ridge)
-        lu, pivots, _ = torch.linalg.lu_factor_ex(grams)  # G + λI is positive definite: nothing to check
-        first = torch.linalg.lu_solve(lu, pivots, rhs.unsqueeze(-1)).squeeze(-1)
-        second = torch.linalg.lu_solve(lu, pivots, first.flip(-2).unsqueeze(-1)).squeeze(-1)
-        ctx.save_for_backward(a, lu, pivots, first, second)
+        with torch.autocast(a.device.type, enabled=False):
+            start, updates, last = chunked_ridge_inverse(a.to(SOLVE_DTYPE), ridge, state, RIDGE_CHUNK)
+            first = apply_ridge_inverse(start, updates, rhs.to(SOLVE_DTYPE))
+            second = apply_ridge_inverse(start, updates, first.flip(-2))
+        first, second = first.to(a.dtype), second.to(a.dtype)
+        ctx.save_for_backward(a, start, updates, first, second)
         ctx.chunk = chunk
         ctx.mark_non_differentiable(last)
         return second, last
@@ -111,18 +149,19 @@ class _RidgeProxySolves(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_second, _):
-        a, lu, pivots, first, second = ctx.saved_tensors
-        solve = lambda g: torch.linalg.lu_solve(lu, pivots, g.unsqueeze(-1)).squeeze(-1)
-        bar2 = solve(grad_second)
-        bar1 = solve(bar2.flip(-2))
-        # ā_j = −Σ_{i≥j} [Ȳ₂ (X₂·a_j) + X₂ (Ȳ₂·a_j) + Ȳ₁ (X₁·a_j) + X₁ (Ȳ₁·a_j)]_i: reverse the positions,
-        # run one prefix-linear pass with the four pairs as heads, and reverse back
-        b, h, t, two, r = a.shape
-        heads = lambda *ts: torch.stack(ts, 3).flip(2).permute(0, 1, 3, 4, 2, 5).reshape(b, -1, t, r)
-        query = heads(a, a, a, a)
-        keys, values = heads(second, bar2, first, bar1), heads(bar2, second, bar1, first)
-        out, _ = prefix_linear(query, keys, values, min(ctx.chunk, 32))  # r = 16 features: short chunks
-        grad_a = out.reshape(b, h, 4, two, t, r).sum(2).permute(0, 1, 3, 2, 4).flip(2)
+        a, start, updates, first, second = ctx.saved_tensors
+        with torch.autocast(a.device.type, enabled=False):
+            bar2 = apply_ridge_inverse(start, updates, grad_second.to(SOLVE_DTYPE))
+            bar1 = apply_ridge_inverse(start, updates, bar2.flip(-2))
+            bar2, bar1 = bar2.to(a.dtype), bar1.to(a.dtype)
+            # ā_j = −Σ_{i≥j} [Ȳ₂ (X₂·a_j) + X₂ (Ȳ₂·a_j) + Ȳ₁ (X₁·a_j) + X₁ (Ȳ₁·a_j)]_i: reverse the positions,
+            # run one prefix-linear pass with the four pairs as heads, and reverse back
+            b, h, t, two, r = a.shape
+            heads = lambda *ts: torch.stack(ts, 3).flip(2).permute(0, 1, 3, 4, 2, 5).reshape(b, -1, t, r)
+            query = heads(a, a, a, a)
+            keys, values = heads(second, bar2, first, bar1), heads(bar2, second, bar1, first)
+            out, _ = prefix_linear(query, keys, values, min(ctx.chunk, 32))  # r = 16 features: short chunks
+            grad_a = out.reshape(b, h, 4, two, t, r).sum(2).permute(0, 1, 3, 2, 4).flip(2)
         return -grad_a, bar1, None, None, None
 
 
@@ -186,7 +225,7 @@ class PrefixLinearAttention(AttentionBase):
         # m_i = Σ_{j≤i} (u_i·u_j) q_j: scores shared by the heads, one pass on the head-merged values
         m = self.split_heads(prefix("m", u.unsqueeze(1), u.unsqueeze(1), self.merge_heads(q).unsqueeze(1)).squeeze(1))
         # b_i = P_Q P_K c_i and P_K P_Q m_i: the ridge systems of the prefix Grams [G_KK, G_QQ] + λI
-        solve_dtype = torch.promote_types(q.dtype, torch.float32)  # LU has no half-precision kernels
+        solve_dtype = torch.promote_types(q.dtype, torch.float32)
         kq, rhs = torch.stack([k, q], 3).to(solve_dtype), torch.stack([c, m], 3).to(solve_dtype)
         second, last_gram = _RidgeProxySolves.apply(kq, rhs, RIDGE, self._state("grams"), self.chunk)
         self._keep("grams", last_gram)
