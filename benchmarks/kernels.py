@@ -1,12 +1,11 @@
 """Micro-benchmarks behind the design choices in the attention code (medians of repeated calls, every
 variant of one question timed in the same process):
 
-- the prefix Grams of the ridge proxy, in the (T, r, r) layout the factorisation reads: a running sum
-  along the positions in the middle, one along the last dimension plus the layout copy, and by chunks
-  (`prefix_grams`); `lu_factor` against `lu_factor_ex` (no singularity check);
-- the ridge solves (16×16 systems at every position, forward + backward): two `torch.linalg.solve`
-  under autograd, `lu_factor` + `lu_solve` under autograd, Cholesky solves, and the fused
-  `_RidgeProxySolves` (which also builds the Grams);
+- the ridge inverses of the proxy (16×16 systems at every position) and two solves, forward: per-position
+  Grams with one batched LU factorisation and two `lu_solve` (the previous choice) against the chunked
+  Woodbury inverses (`chunked_ridge_inverse`) by chunk length and precision;
+- the ridge solves forward + backward: two `torch.linalg.solve` under autograd, `lu_factor` +
+  `lu_solve` under autograd, Cholesky solves, and `_RidgeProxySolves` (which also builds the inverses);
 - prefix-linear attention with r = 16 features by chunk length: 32 heads (the proxy's reverse pass),
   and 4 heads (the attention itself, the `linear_chunk` setting);
 - the CPU flash kernel: B's 4 heads × 32, one 128-wide head (the v1 oracle) and 129 wide with one
@@ -28,7 +27,12 @@ import torch.nn.functional as F
 
 from sympformer.allocator import apply_allocator_choice
 from sympformer.benchmarking import write_section
-from sympformer.nn.linear_attention import _RidgeProxySolves, prefix_grams, prefix_linear
+from sympformer.nn.linear_attention import (
+    _RidgeProxySolves,
+    apply_ridge_inverse,
+    chunked_ridge_inverse,
+    prefix_linear,
+)
 from sympformer.utils import markdown_table
 
 B, H, T, R = 4, 4, 512, 16  # the linear shape's batch, heads, context and head width
@@ -64,50 +68,50 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     rows = []
 
+    eye = torch.eye(R)
+    grams = lambda x: (x.unsqueeze(-1) * x.unsqueeze(-2)).cumsum(2) + 1e-3 * eye  # per position, with the ridge
+
     with torch.no_grad():
-        a = torch.randn(B, H, T, 2, R, generator=g)
-        outer = lambda x: x.unsqueeze(-1) * x.unsqueeze(-2)
-        last = a.movedim(2, -1)  # (B, H, 2, r, T)
-        positions_last = lambda: (last.unsqueeze(-2) * last.unsqueeze(-3)).cumsum(-1).movedim(-1, 2).contiguous()
-        grams_rows = {
-            "prefix Grams (4, 4, 512, 2, 16, 16): running sum along the positions in the middle": lambda: outer(
-                a
-            ).cumsum(2),
-            "… running sum along the positions last, then the layout copy": positions_last,
-            "… by chunks of 32 (`prefix_grams`, used)": lambda: prefix_grams(a),
+        a, rhs = (torch.randn(B, H, T, 2, R, generator=g) for _ in range(2))
+
+        def lu_per_position():
+            lu, pivots, _ = torch.linalg.lu_factor_ex(grams(a))
+            first = torch.linalg.lu_solve(lu, pivots, rhs.unsqueeze(-1))
+            return torch.linalg.lu_solve(lu, pivots, first.flip(-3))
+
+        def chunked(dtype, chunk):
+            start, updates, _ = chunked_ridge_inverse(a.to(dtype), 1e-3, None, chunk)
+            first = apply_ridge_inverse(start, updates, rhs.to(dtype))
+            return apply_ridge_inverse(start, updates, first.flip(-2)).float()
+
+        inverse_rows = {
+            "ridge inverses + two solves (4, 4, 512, 2, 16): per-position Grams, `lu_factor_ex`, two `lu_solve`": (
+                lu_per_position
+            ),
+            **{
+                f"… chunked Woodbury inverses, float32, chunk {c}": lambda c=c: chunked(torch.float32, c)
+                for c in (8, 16, 32)
+            },
+            "… chunked Woodbury inverses, float64, chunk 16 (used)": lambda: chunked(torch.float64, 16),
         }
-        for name, fn in grams_rows.items():
+        for name, fn in inverse_rows.items():
             rows.append([name, milliseconds(fn, args.repeats)])
-        systems = prefix_grams(a) + 1e-3 * torch.eye(R)
-        rows.append(
-            [
-                "LU factors of the 16×16 systems: `lu_factor`",
-                milliseconds(lambda: torch.linalg.lu_factor(systems), args.repeats),
-            ]
-        )
-        rows.append(
-            [
-                "… `lu_factor_ex` (used)",
-                milliseconds(lambda: torch.linalg.lu_factor_ex(systems), args.repeats),
-            ]
-        )
 
     kq = torch.randn(B, H, T, 2, R, generator=g, requires_grad=True)
     rhs = torch.randn(B, H, T, 2, R, generator=g, requires_grad=True)
-    eye = torch.eye(R)
 
     def two_solves(kq, rhs):
-        systems = prefix_grams(kq) + 1e-3 * eye
+        systems = grams(kq)
         first = torch.linalg.solve(systems, rhs)
         return torch.linalg.solve(systems, first.flip(-2))
 
     def lu_once(kq, rhs):
-        lu, pivots = torch.linalg.lu_factor(prefix_grams(kq) + 1e-3 * eye)
+        lu, pivots = torch.linalg.lu_factor(grams(kq))
         first = torch.linalg.lu_solve(lu, pivots, rhs.unsqueeze(-1))
         return torch.linalg.lu_solve(lu, pivots, first.flip(-3))
 
     def cholesky(kq, rhs):
-        factor = torch.linalg.cholesky(prefix_grams(kq) + 1e-3 * eye)
+        factor = torch.linalg.cholesky(grams(kq))
         first = torch.cholesky_solve(rhs.unsqueeze(-1), factor)
         return torch.cholesky_solve(first.flip(-3), factor)
 

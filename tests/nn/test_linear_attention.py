@@ -165,5 +165,3 @@ def test_ridge_proxy_solves_stay_accurate_on_ill_conditioned_float32_keys():
     assert got.dtype == torch.float32
     assert error(got) < 1e-6
     assert error(lu) > 1e-4
-
-
