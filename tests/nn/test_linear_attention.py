@@ -22,6 +22,26 @@ def test_chunked_prefix_linear_equals_dense(chunk):
     torch.testing.assert_close(final, state + k.mT @ v, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("chunk", [1, 3, 5, 7, 16])
+def test_reverse_prefix_linear_equals_dense_suffix_sums(chunk):
+    """reverse=True: out_i = q_i · Σ_{j≥i} k_j v_jᵀ (with gradients), against the dense upper-triangular
+    form, float64, with a ragged last chunk; a state is refused."""
+    g = torch.Generator().manual_seed(1)
+    q, k = (torch.randn(2, 3, 7, 4, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    v = torch.randn(2, 3, 7, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    out, total = prefix_linear(q, k, v, chunk, reverse=True)
+    dense = torch.triu(q @ k.mT) @ v
+    torch.testing.assert_close(out, dense, rtol=0, atol=1e-12)
+    torch.testing.assert_close(total, k.mT @ v, rtol=0, atol=1e-12)
+    weights = torch.randn(out.shape, generator=g, dtype=torch.float64)
+    got = torch.autograd.grad((out * weights).sum(), (q, k, v))
+    want = torch.autograd.grad((dense * weights).sum(), (q, k, v))
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="no state"):
+        prefix_linear(q, k, v, chunk, torch.zeros(2, 3, 4, 5, dtype=torch.float64), reverse=True)
+
+
 def make_attention(chunk: int, bias: bool = False) -> PrefixLinearAttention:
     torch.manual_seed(1)
     return PrefixLinearAttention(12, 3, bias=bias, dropout=0.0, chunk=chunk).double()

@@ -46,23 +46,35 @@ SOLVE_DTYPE = torch.float64  # of the ridge inverses and solves (see _RidgeProxy
 RIDGE_CHUNK = 16  # positions per Woodbury chunk of the ridge inverses (benchmarks/kernels.py)
 
 
-def prefix_linear(q: Tensor, k: Tensor, v: Tensor, chunk: int, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def prefix_linear(
+    q: Tensor, k: Tensor, v: Tensor, chunk: int, state: Tensor | None = None, reverse: bool = False
+) -> tuple[Tensor, Tensor]:
     """out_i = q_i · (state + Σ_{j≤i} k_j v_jᵀ) for (B, H, T, ·) inputs, by chunks of ``chunk`` positions;
-    returns (out, final state)."""
+    returns (out, final state). ``reverse``: the suffix sums out_i = q_i · Σ_{j≥i} k_j v_jᵀ instead
+    (no state; the final state is then the total)."""
     b, h, t, dk = q.shape
     chunk = min(chunk, t)  # a short input (a generated token) is one chunk, not padded to a long one
     pad = (-t) % chunk
-    if pad:
+    if pad:  # zero keys and values at the end add nothing either way
         q, k, v = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v))
     n = (t + pad) // chunk
     qc, kc, vc = (x.reshape(b, h, n, chunk, x.shape[-1]) for x in (q, k, v))
-    intra = torch.tril(qc @ kc.mT) @ vc
+    scores = qc @ kc.mT  # masked in place: the product saves its inputs, not its output
+    intra = (scores.triu_() if reverse else scores.tril_()) @ vc
     chunk_states = kc.mT @ vc
-    prefix = torch.cumsum(chunk_states, dim=2) - chunk_states  # exclusive: the state before each chunk
-    if state is not None:
-        prefix = prefix + state.unsqueeze(2)
-    out = (intra + qc @ prefix).reshape(b, h, n * chunk, -1)[:, :, :t]
-    return out, prefix[:, :, -1] + chunk_states[:, :, -1]
+    through = torch.cumsum(chunk_states, dim=2)  # the state through each chunk
+    if reverse:
+        if state is not None:
+            raise ValueError("a reverse (suffix) pass takes no state")
+        total = through[:, :, -1]
+        others = total.unsqueeze(2) - through  # exclusive: the state after each chunk
+    else:
+        others = through - chunk_states  # exclusive: the state before each chunk
+        if state is not None:
+            others = others + state.unsqueeze(2)
+        total = others[:, :, -1] + chunk_states[:, :, -1]
+    out = (intra + qc @ others).reshape(b, h, n * chunk, -1)[:, :, :t]
+    return out, total
 
 
 def chunked_ridge_inverse(
@@ -114,7 +126,7 @@ def apply_ridge_inverse(start: Tensor, updates: Tensor, rhs: Tensor) -> Tensor:
         rhs = F.pad(rhs, (0, 0, 0, 0, 0, pad))
     n = (t + pad) // chunk
     x = rhs.reshape(b, h, n, chunk, m, r).transpose(3, 4)
-    out = x @ start - torch.tril(x @ updates.mT) @ updates
+    out = x @ start - (x @ updates.mT).tril_() @ updates
     return out.transpose(3, 4).reshape(b, h, n * chunk, m, r)[:, :, :t]
 
 
@@ -154,14 +166,14 @@ class _RidgeProxySolves(torch.autograd.Function):
             bar2 = apply_ridge_inverse(start, updates, grad_second.to(SOLVE_DTYPE))
             bar1 = apply_ridge_inverse(start, updates, bar2.flip(-2))
             bar2, bar1 = bar2.to(a.dtype), bar1.to(a.dtype)
-            # ā_j = −Σ_{i≥j} [Ȳ₂ (X₂·a_j) + X₂ (Ȳ₂·a_j) + Ȳ₁ (X₁·a_j) + X₁ (Ȳ₁·a_j)]_i: reverse the positions,
-            # run one prefix-linear pass with the four pairs as heads, and reverse back
+            # ā_j = −Σ_{i≥j} [Ȳ₂ (X₂·a_j) + X₂ (Ȳ₂·a_j) + Ȳ₁ (X₁·a_j) + X₁ (Ȳ₁·a_j)]_i: one suffix pass
+            # with the four pairs as heads
             b, h, t, two, r = a.shape
-            heads = lambda *ts: torch.stack(ts, 3).flip(2).permute(0, 1, 3, 4, 2, 5).reshape(b, -1, t, r)
+            heads = lambda *ts: torch.stack(ts, 3).permute(0, 1, 3, 4, 2, 5).reshape(b, -1, t, r)
             query = heads(a, a, a, a)
             keys, values = heads(second, bar2, first, bar1), heads(bar2, second, bar1, first)
-            out, _ = prefix_linear(query, keys, values, min(ctx.chunk, 32))  # r = 16 features: short chunks
-            grad_a = out.reshape(b, h, 4, two, t, r).sum(2).permute(0, 1, 3, 2, 4).flip(2)
+            out, _ = prefix_linear(query, keys, values, min(ctx.chunk, 32), reverse=True)  # r = 16: short chunks
+            grad_a = out.reshape(b, h, 4, two, t, r).sum(2).permute(0, 1, 3, 2, 4)
         return -grad_a, bar1, None, None, None
 
 
