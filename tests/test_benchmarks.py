@@ -43,8 +43,9 @@ def test_sections_are_replaced_in_place_and_others_kept(tmp_path):
 
 def test_saved_bytes_by_site_splits_the_saved_storages_by_the_code_that_saved_them():
     """The split sums to saved_storages' total, and the site that calls the ridge proxy's Function holds
-    at least its LU factors and pivots, whose size is known: (B, H, T, 2, r, r) float32 and
-    (B, H, T, 2, r) int32."""
+    at least what that Function saves, whose size is known: the float64 chunk-start inverses
+    (B, H, n, 2, r, r) and updates (B, H, n, 2, c, r) for n chunks of c = 16 positions, and the float32
+    [k, q], X₁ and X₂ (B, H, T, 2, r each)."""
     import torch
 
     from sympformer.benchmarking import saved_bytes_by_site, saved_storages
@@ -60,6 +61,7 @@ def test_saved_bytes_by_site_splits_the_saved_storages_by_the_code_that_saved_th
     sites = saved_bytes_by_site(run)
     assert sum(sites.values()) == sum(saved_storages(run).values())
     r = width // heads
-    lu_and_pivots = batch * heads * length * 2 * (r * r * 4 + r * 4)
-    assert sites["nn/linear_attention.py:PrefixLinearAttention._connection"] >= lu_and_pivots  # calls the Function
+    chunks = -(-length // 16)
+    function_saves = batch * heads * 2 * (chunks * (r * r + 16 * r) * 8 + 3 * length * r * 4)
+    assert sites["nn/linear_attention.py:PrefixLinearAttention._connection"] >= function_saves  # calls the Function
     assert "(outside sympformer)" not in sites  # every saved tensor is traced to the model's code
