@@ -99,9 +99,20 @@ def test_normaliser_equals_logsumexp(scale, normaliser_path):
 
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("scale", [0.3, 30.0])
-def test_average_and_normaliser_gradients_equal_dense_softmax(causal, scale, normaliser_path):
-    """Gradients through the average and the normaliser together (the CPU kernel folds dL into its
-    own backward pass through one extra column) against a dense float64 softmax."""
+@pytest.mark.parametrize("zero_rows", [False, True])
+def test_average_and_normaliser_gradients_equal_dense_softmax(causal, scale, zero_rows, normaliser_path, monkeypatch):
+    """Gradients through the average and the normaliser together against a dense float64 softmax. The
+    CPU kernel folds dL into its own backward pass: through a changed output where every row of the
+    average's gradient is nonzero, else (``zero_rows``) through one more column; both paths are checked
+    to be the ones taken."""
+    widths = []  # (width in, width out) of each fold
+
+    def recorded(out, *args, fold=softmax_ops._fold_log_norm_gradient):
+        folded, width = fold(out, *args)
+        widths.append((out.shape[-1], width))
+        return folded, width
+
+    monkeypatch.setattr(softmax_ops, "_fold_log_norm_gradient", recorded)
     q, k, v = inputs((5, 5, 4))
     g = torch.Generator().manual_seed(7)
     centre = dense_log_normaliser(q, k, scale, causal).detach() + 0.5
@@ -110,12 +121,17 @@ def test_average_and_normaliser_gradients_equal_dense_softmax(causal, scale, nor
         torch.randn(average.shape, generator=g, dtype=q.dtype),
         torch.randn(log_norm.shape, generator=g, dtype=q.dtype),
     )
+    if zero_rows:
+        w_avg[..., 2, :] = 0
     grads = torch.autograd.grad((average * w_avg).sum() + (log_norm * w_norm).sum(), [q, k, v])
     reference = (dense_average(q, k, v, scale, causal) * w_avg).sum() + (
         dense_log_normaliser(q, k, scale, causal) * w_norm
     ).sum()
     for got, want in zip(grads, torch.autograd.grad(reference, [q, k, v]), strict=True):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    if normaliser_path == "kernel":
+        ((width_in, width_out),) = widths
+        assert width_out == width_in + zero_rows
     only_norm = torch.autograd.grad((softmax_log_normaliser(q, k, scale=scale, causal=causal) * w_norm).sum(), [q, k])
     for got, want in zip(
         only_norm, torch.autograd.grad((dense_log_normaliser(q, k, scale, causal) * w_norm).sum(), [q, k]), strict=True
@@ -147,4 +163,19 @@ def test_kernel_normaliser_under_bf16_autocast_tracks_float64():
     (grad_q,) = torch.autograd.grad(log_norm.float().sum(), [q])
     (want_q,) = torch.autograd.grad(dense_log_normaliser(q.double(), k.double(), 0.25, True).sum(), [q])
     assert torch.isfinite(grad_q).all()
+    torch.testing.assert_close(grad_q.double(), want_q.double(), rtol=0, atol=5e-2)
+
+
+def test_folded_normaliser_gradient_under_bf16_autocast_tracks_float64():
+    """The fold of dL into the kernel's output (every row of dO nonzero) in bfloat16: q's gradient of
+    Σ (average·W) + Σ L within bfloat16's resolution of the float64 one."""
+    q, k, v = inputs((16, 16, 16), dtype=torch.float32, length=32)
+    weights = torch.randn(2, 3, 32, 16, generator=torch.Generator().manual_seed(3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        average, log_norm = softmax_average_with_normaliser(q, k, v, None, scale=0.25, causal=True)
+    (grad_q,) = torch.autograd.grad((average.float() * weights).sum() + log_norm.float().sum(), [q])
+    q64, k64, v64 = (x.double() for x in (q, k, v))
+    reference = (dense_average(q64, k64, v64, 0.25, True) * weights.double()).sum()
+    reference = reference + dense_log_normaliser(q64, k64, 0.25, True).sum()
+    (want_q,) = torch.autograd.grad(reference, [q])
     torch.testing.assert_close(grad_q.double(), want_q.double(), rtol=0, atol=5e-2)

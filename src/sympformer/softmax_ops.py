@@ -31,6 +31,9 @@ def _pad_width(t: Tensor, width: int) -> Tensor:
 _CPU_FLASH_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 
 
+_FOLD_FLOOR = 1e-20  # |dO_i|² below this takes the extra column (dL_i / |dO_i|² stays far from overflow)
+
+
 class _CPUFlashAverage(torch.autograd.Function):
     r"""(Σ_j softmax_j(scale·q_i·k_j) v_j, L_i) through PyTorch's fused CPU kernel, with v given as pieces
     of any widths and L_i = log Σ_j exp(scale·q_i·k_j) the row log-normaliser the kernel computes anyway.
@@ -43,8 +46,8 @@ class _CPUFlashAverage(torch.autograd.Function):
 
     The gradient through L rides on the kernel's own backward pass. With dS_ij the gradient of the
     score s_ij, the kernel forms dS_ij = P_ij (dP_ij − D_i) with D_i = Σ_c dO_ic O_ic, and
-    ∂L_i/∂s_ij = P_ij, so a gradient dL_i adds P_ij dL_i: the same as D_i − dL_i. One more column
-    does it: zero in q, k and v (scores and dP unchanged), one in the output, −dL_i in dO."""
+    ∂L_i/∂s_ij = P_ij, so a gradient dL_i adds P_ij dL_i: the same as D_i − dL_i, which a changed
+    output handed to the backward kernel gives (:func:`_fold_log_norm_gradient`)."""
 
     @staticmethod
     def forward(ctx, q, k, scale, causal, *pieces):
@@ -65,11 +68,13 @@ class _CPUFlashAverage(torch.autograd.Function):
         q, k, out, log_norm, *pieces = ctx.saved_tensors
         widths = [v.shape[-1] for v in pieces]
         grad_out = torch.zeros_like(out[..., : sum(widths)]) if grad_out is None else grad_out
-        width = ctx.width + (grad_log_norm is not None)  # the column that carries dL
+        width = ctx.width
         grad_out = _pad_width(grad_out.contiguous(), width)
         if grad_log_norm is not None:
-            grad_out[..., -1] = -grad_log_norm
-            out = torch.cat([out, torch.ones_like(out[..., :1])], -1)
+            out, width = _fold_log_norm_gradient(out, grad_out, grad_log_norm)
+            if width > ctx.width:  # the extra column
+                grad_out = _pad_width(grad_out, width)
+                grad_out[..., -1] = -grad_log_norm
         values = _pad_width(torch.cat(pieces, -1) if len(pieces) > 1 else pieces[0], width)
         grad_q, grad_k, grad_v = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
             grad_out,
@@ -84,6 +89,21 @@ class _CPUFlashAverage(torch.autograd.Function):
         )
         grad_pieces = grad_v[..., : sum(widths)].split(widths, -1)
         return grad_q[..., : q.shape[-1]], grad_k[..., : k.shape[-1]], None, None, *grad_pieces
+
+
+def _fold_log_norm_gradient(out: Tensor, grad_out: Tensor, grad_log_norm: Tensor) -> tuple[Tensor, int]:
+    r"""The output to hand the kernel's backward pass so that it adds the gradient dL of the log-normaliser:
+    the kernel reads the output only for D_i = Σ_c dO_ic O_ic, and D_i − dL_i is what it needs.
+
+    Where every row of dO is clearly nonzero, O'_i = O_i − dL_i dO_i / |dO_i|² gives exactly that at
+    the same width (each term of the kernel's sum stays within |dO_i||O_i| + |dL_i|). Otherwise (a call
+    whose average is not used, say) one more column: one in the output, −dL_i in dO (the caller pads
+    dO), zero in q, k and v. Returns (the output, the width to run at)."""
+    wide = grad_out.to(torch.promote_types(grad_out.dtype, torch.float32))
+    norm2 = (wide * wide).sum(-1)
+    if bool((norm2 > _FOLD_FLOOR).all()):
+        return out - (grad_log_norm / norm2).unsqueeze(-1).to(out.dtype) * grad_out, out.shape[-1]
+    return torch.cat([out, torch.ones_like(out[..., :1])], -1), out.shape[-1] + 1
 
 
 def _cpu_flash_applies(q: Tensor, k: Tensor, mask: Tensor | None, dropout_p: float = 0.0) -> bool:
