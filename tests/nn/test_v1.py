@@ -13,6 +13,7 @@ from torch import nn
 from sympformer.audit import audit_arch
 from sympformer.integrators import Evaluation, get_scheme
 from sympformer.nn import ARCHS, CAUSAL_ARCHS, V1_ARCH_NAMES, SympFormerConfig, SympFormerLM
+from sympformer.nn.layers import ConstrainedScalar
 from sympformer.nn.v1_blocks import SCHEMES, V1Block, V1State
 from sympformer.nn.v1_oracles import CausalPrefixForce, PrefixLinearForce
 from sympformer.particles import AcceleratedSoftmaxSystem, SoftmaxGeometry
@@ -107,8 +108,18 @@ class ParticleOracle(nn.Module):
     def reset_counters(self):
         self.evaluations = self.kernel_calls = 0
 
-    def evaluate(self, x, p, need_force=True) -> Evaluation:
-        return self.system(x, p)
+    def evaluate(self, x, p, need_force=True, velocity_scale=1.0) -> Evaluation:
+        return scaled_velocity(self.system, velocity_scale)(x, p)
+
+
+def scaled_velocity(oracle, scale):
+    """The oracle with its velocity and velocity map multiplied by ``scale`` (how h_X ≠ h_P enters)."""
+
+    def evaluate(x, p):
+        ev = oracle(x, p)
+        return Evaluation(scale * ev.velocity, ev.force, lambda p_new: scale * ev.velocity_map(p_new))
+
+    return evaluate
 
 
 LAB_NAMES = {
@@ -128,6 +139,7 @@ def test_block_with_particle_oracle_reproduces_the_particle_scheme(scheme):
     config = SympFormerConfig(**TINY, arch=f"v1_{scheme}", v1_mlp="none", v1_lnp="none", v1_damping="log")
     block = V1Block(config).double()
     block.ln_x = nn.Identity()
+    block.h_x = ConstrainedScalar(0.7 * config.v1_h0, "pos").double()  # h_X ≠ h_P: the velocity is rescaled
     g = torch.Generator().manual_seed(3)
     A = torch.randn(8, 8, generator=g, dtype=torch.float64) * 0.1
     system = AcceleratedSoftmaxSystem(SoftmaxGeometry(A + A.T, torch.eye(8, dtype=torch.float64)))
@@ -137,7 +149,8 @@ def test_block_with_particle_oracle_reproduces_the_particle_scheme(scheme):
     x_block, state = block(x, V1State(p, None, None, 1.3))
     h = block.h_p()
     lab_scheme = get_scheme(LAB_NAMES[scheme], xi=config.v1_xi)  # the particle lab's own instance
-    x_lab, p_lab, _ = lab_scheme.step(system, x, p, 1.3, h, block.damping())
+    oracle = scaled_velocity(system, block.h_x() / h)
+    x_lab, p_lab, _ = lab_scheme.step(oracle, x, p, 1.3, h, block.damping())
     assert torch.equal(x_block, x_lab) and torch.equal(state.p, p_lab)
     assert state.t == pytest.approx(1.3 + h.item())
 

@@ -146,7 +146,7 @@ class V1Block(nn.Module):
         """The learned oracle in the integrator contract, velocity scaled by h_X / h_P."""
 
         def attend(base: Tensor, p: Tensor) -> Evaluation:
-            return self.attn.evaluate(self.ln_x(base), p, self.need_force)
+            return self.attn.evaluate(self.ln_x(base), p, self.need_force, velocity_scale=ratio)
 
         def velocity_and_force(base: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:  # what a checkpoint returns
             ev = attend(base, p)
@@ -157,9 +157,8 @@ class V1Block(nn.Module):
             # (not under torch.compile, which cannot yet nest this checkpoint inside the block's)
             if self.recompute_calls and torch.is_grad_enabled() and not torch.compiler.is_compiling():
                 velocity, force = checkpoint(velocity_and_force, base, p, use_reentrant=False)
-                return Evaluation(ratio * velocity, force, _no_velocity_map)
-            ev = attend(base, p)
-            return Evaluation(ratio * ev.velocity, ev.force, lambda p_new: ratio * ev.velocity_map(p_new))
+                return Evaluation(velocity, force, _no_velocity_map)
+            return attend(base, p)
 
         return evaluate
 

@@ -44,7 +44,11 @@ class CausalPrefixForce(CausalSelfAttention):
         """s_ii = scale q_i·k_i (the sentinel's centre where one is needed)."""
         return self.scale * (q * k).sum(-1)
 
-    def evaluate(self, x: Tensor, p: Tensor, need_force: bool = True) -> Evaluation:
+    def evaluate(
+        self, x: Tensor, p: Tensor, need_force: bool = True, velocity_scale: Tensor | float = 1.0
+    ) -> Evaluation:
+        """F, G and the velocity map at (x, p); F and the map multiplied by ``velocity_scale`` (folded
+        into the per-token factor 1/z, so the scale costs no pass over the stream)."""
         q, k, w = self.project(x)
         # one kernel call gives Σ_j P_ij w_j and L_i = log Σ_{j≤i} E_ij: on CPU the fused kernel's own L;
         # elsewhere a sentinel key centred on the diagonal score s_ii (always visible, L_i ≥ s_ii). If a
@@ -56,17 +60,17 @@ class CausalPrefixForce(CausalSelfAttention):
         if not torch.compiler.is_compiling() and not bool(torch.isfinite(log_norm).all()):
             log_norm = self.log_normaliser(q, k, self.expected_score(q, k))
         log_z = (log_norm - torch.log(self.positions(q.shape[-2], log_norm))).squeeze(1)  # (B, T)
-        inv_z = torch.exp(-log_z).unsqueeze(-1)
+        inv_z = torch.exp(-log_z)
+        velocity_factor = (velocity_scale * inv_z).unsqueeze(-1)
         bp = p @ self.b_theta.T
-        velocity_map = lambda p_new: (p_new @ self.b_theta.T) * inv_z
+        velocity_map = lambda p_new: (p_new @ self.b_theta.T) * velocity_factor
         if not need_force:
-            return Evaluation(bp * inv_z, torch.zeros_like(p), velocity_map)
-        pbp = (bp * p).sum(-1)
-        s = pbp * torch.exp(-2 * log_z)
-        (sw_avg,) = self.aggregate(q, k, [s[:, None, :, None] * w], new_softmax=False, slot="second")
-        z = torch.exp(log_z)[:, None, :, None]
-        inner = 0.5 * z * ((s[:, None, :, None] + 2) * w_avg + sw_avg)
-        return Evaluation(bp * inv_z, self.output(inner), velocity_map)
+            return Evaluation(bp * velocity_factor, torch.zeros_like(p), velocity_map)
+        s = torch.linalg.vecdot(bp, p) * inv_z.square()  # ⟨B p_i, p_i⟩ / z_i²
+        s = s[:, None, :, None]
+        (sw_avg,) = self.aggregate(q, k, [s * w], new_softmax=False, slot="second")
+        inner = torch.addcmul(sw_avg, s + 2, w_avg) * (0.5 * torch.exp(log_z))[:, None, :, None]
+        return Evaluation(bp * velocity_factor, self.output(inner), velocity_map)
 
 
 class PrefixLinearForce(CallCounter, nn.Module):
@@ -95,12 +99,17 @@ class PrefixLinearForce(CallCounter, nn.Module):
                 self.cache[slot[: -len(".next")]] = self.cache.pop(slot)
             self.cache["count"] = int(self.cache.get("count", 0)) + length
 
-    def evaluate(self, x: Tensor, p: Tensor, need_force: bool = True) -> Evaluation:
+    def evaluate(
+        self, x: Tensor, p: Tensor, need_force: bool = True, velocity_scale: Tensor | float = 1.0
+    ) -> Evaluation:
+        """F, G and the velocity map at (x, p); F and the map multiplied by ``velocity_scale`` (folded
+        into the per-position factor 1/i)."""
         start = 0 if self.cache is None else int(self.cache.get("count", 0))
         count = torch.arange(start + 1, start + x.shape[1] + 1, device=x.device, dtype=x.dtype).unsqueeze(-1)
         ax = self.c_A(x)
         self.count(evaluations=1)
-        velocity_map = lambda p_new, slot="p_new": self._prefix(slot, ax, x, p_new) / count
+        velocity_factor = velocity_scale / count
+        velocity_map = lambda p_new, slot="p_new": self._prefix(slot, ax, x, p_new) * velocity_factor
         velocity = velocity_map(p, "p")
         if not need_force:
             return Evaluation(velocity, torch.zeros_like(p), velocity_map)
@@ -126,13 +135,16 @@ class GlobalHamiltonianForce(CausalSelfAttention):
         bp = p @ self.b_theta.T
         return (0.5 * (bp * p).sum(-1) / z).sum() - 0.5 * energy.sum(), z
 
-    def evaluate(self, x: Tensor, p: Tensor, need_force: bool = True) -> Evaluation:
+    def evaluate(
+        self, x: Tensor, p: Tensor, need_force: bool = True, velocity_scale: Tensor | float = 1.0
+    ) -> Evaluation:
+        """F, G and the velocity map at (x, p); F and the map multiplied by ``velocity_scale``."""
         self.count(evaluations=1, kernel_calls=1)
         build_graph = torch.is_grad_enabled() and x.requires_grad  # training backpropagates through G
         with torch.enable_grad():
             x_in = x if build_graph else x.detach().requires_grad_(True)
             h, z = self.hamiltonian(x_in, p if build_graph else p.detach())
             (grad,) = torch.autograd.grad(h, x_in, create_graph=build_graph)
-        inv_z = (1.0 / z).unsqueeze(-1)
-        velocity_map = lambda p_new: (p_new @ self.b_theta.T) * inv_z
+        velocity_factor = (velocity_scale / z).unsqueeze(-1)
+        velocity_map = lambda p_new: (p_new @ self.b_theta.T) * velocity_factor
         return Evaluation(velocity_map(p), -grad if need_force else torch.zeros_like(p), velocity_map)
