@@ -40,6 +40,12 @@ from sympformer.softmax_ops import (
 )
 
 
+def _pieces(out: Tensor, widths: list[int]) -> list[Tensor]:
+    """The averages of each value group: one group is the output itself (a split would copy it in the
+    backward pass)."""
+    return [out] if len(widths) == 1 else list(out.split(widths, dim=-1))
+
+
 class CallCounter:
     """``evaluations`` (attention evaluations: distinct softmax distributions or Gram evaluations, the
     paper's oracle calls) and ``kernel_calls`` (kernel passes) since the last :meth:`reset_counters`.
@@ -146,7 +152,7 @@ class CausalSelfAttention(AttentionBase):
         dropout = self.dropout if self.training else 0.0
         out = softmax_average_of(q, k, values, scale=self.scale, causal=True, dropout_p=dropout)
         self.count(evaluations=int(new_softmax), kernel_calls=1)
-        return list(out.split(widths, dim=-1))
+        return _pieces(out, widths)
 
     def _cached_mask(self, n_new: int) -> Tensor | None:
         """With a cache, new query i sits at absolute position total − new + i and sees the keys up to
@@ -185,7 +191,7 @@ class CausalSelfAttention(AttentionBase):
         out, log_norm = softmax_average_with_normaliser(
             q, keys, joined, scored, scale=self.scale, causal=self.cache is None, mask=mask
         )
-        return list(out.split(widths, dim=-1)), log_norm
+        return _pieces(out, widths), log_norm
 
     def expected_score(self, q: Tensor, k: Tensor) -> Tensor:
         """E_P[scale q_i·k_j] = scale q_i·Σ_j P_ij k_j over every key seen so far (cache included): the
@@ -208,7 +214,7 @@ class CausalSelfAttention(AttentionBase):
         keys, values = self.keys_seen(k), self._extend(slot, values)
         out = softmax_average(q, keys, values, scale=self.scale, mask=self._cached_mask(q.shape[-2]))
         self.count(evaluations=int(new_softmax), kernel_calls=1)
-        return list(out.split(widths, dim=-1))
+        return _pieces(out, widths)
 
     def forward(self, z: Tensor, deferred: bool = False) -> Tensor | Affine:
         """The attention output (``deferred``: as an Affine term, see :meth:`output`)."""
