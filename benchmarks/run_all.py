@@ -7,7 +7,8 @@ then the heavy and v1 shapes with activation checkpointing), peak memory (both m
 transformers' GPT-2, torch.compile on/off (primary and v1 shapes), the particle-lab scale, and
 profiles of the steps whose targets do not hold, with lower bounds, the kernel micro-benchmarks
 behind the attention code's choices, and on CPU the C library's allocator settings against
-`tune_cpu_allocator` and the momentum algebra fused, checkpointed and plain. Every script honours
+`tune_cpu_allocator`, the momentum algebra fused, checkpointed and plain, and B against v1_fe round by
+round (the machine's phases). Every script honours
 SYMPFORMER_CPU_ALLOCATOR as the `sympformer` command does. About 27 minutes on 2 CPU cores; --quick
 runs fewer rounds and the smaller particle sizes.
 """
@@ -56,6 +57,7 @@ def main() -> int:
     if on_cpu:  # glibc's defaults against tune_cpu_allocator (fresh processes); the momentum algebra three ways
         jobs.append(["allocator.py", "--pairs", "2" if args.quick else "3"])
         jobs.append(["momentum_algebra.py", *rounds])
+        jobs.append(["phases.py", "--rounds", "20" if args.quick else "40"])
     if importlib.util.find_spec("transformers") is not None:
         jobs.insert(2, ["vs_transformers.py", *device, *rounds])
         if on_cpu:  # and with both models on the tuned allocator (no page faults for GPT-2's logits)

@@ -65,3 +65,15 @@ def test_saved_bytes_by_site_splits_the_saved_storages_by_the_code_that_saved_th
     function_saves = batch * heads * 2 * (chunks * (r * r + 16 * r) * 8 + 3 * length * r * 4)
     assert sites["nn/linear_attention.py:PrefixLinearAttention._connection"] >= function_saves  # calls the Function
     assert "(outside sympformer)" not in sites  # every saved tensor is traced to the model's code
+
+
+def test_phase_table_groups_rounds_and_reports_each_ratio():
+    """benchmarks/phases.py's table: medians over groups of rounds (a ragged last group too), the ratio
+    of the second architecture to the first per group, and the per-round ranges, on known times."""
+    from phases import render
+
+    times = [{"B": 100.0, "v1_fe": 130.0}] * 5 + [{"B": 150.0, "v1_fe": 180.0}] * 2
+    text = render(times, ["B", "v1_fe"], group=5)
+    assert "| 1–5 | 100 | 130 | 1.30 |" in text
+    assert "| 6–7 | 150 | 180 | 1.20 |" in text
+    assert "B 100–150 ms, v1_fe 130–180 ms, ratio per round 1.20–1.30" in text
