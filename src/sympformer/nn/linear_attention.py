@@ -27,9 +27,9 @@ pass, and one such inverse serves both solves and the backward pass of one autog
 (:class:`_RidgeProxySolves`); the gradient reaches k and q through a reverse prefix-linear pass
 instead of (T, r, r) gradient tensors. The alternatives are timed in benchmarks/kernels.py
 (RESULTS.md, "Kernel choices"): per-position Grams with one batched LU factorisation and `lu_solve`
-per solve (LAPACK's per-matrix calls cost ~5× the chunked solves), `torch.linalg.solve` or Cholesky
-solves under autograd (the derivative of the factorisation is the cost); the r = 16 reverse pass is
-fastest with short chunks.
+per solve (LAPACK's per-matrix calls: about 4.5× the chunked float64 inverses and solves), or
+`torch.linalg.solve` or Cholesky solves under autograd (the derivative of the factorisation is the
+cost); the r = 16 reverse pass is fastest with short chunks.
 """
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ class _RidgeProxySolves(torch.autograd.Function):
     Ā_i = −(Ȳ₂ X₂ᵀ + Ȳ₁ X₁ᵀ)_i, whose effect on a_j, ā_j = Σ_{i≥j} (Ā_i + Ā_iᵀ) a_j, is a reverse
     prefix-linear pass with four key/value pairs, so no (T, r, r) gradient is ever formed. The
     inverses and solves run in float64 (autocast off): P_s − Σ u uᵀ cancels when the chunk's tokens
-    dominate the Gram before it (the first chunk, where P_0 = I/λ), which costs float32 up to ~10×
+    dominate the Gram before it (the first chunk, where P_0 = I/λ), which costs float32 up to ~15×
     the error of a per-position LU solve, while float64 stays at float32's rounding of the result
     (tests/nn/test_linear_attention.py). Returns (X₂ in a's dtype, the last prefix Gram in float64 for
     the cache)."""
@@ -237,7 +237,7 @@ class PrefixLinearAttention(AttentionBase):
         # m_i = Σ_{j≤i} (u_i·u_j) q_j: scores shared by the heads, one pass on the head-merged values
         m = self.split_heads(prefix("m", u.unsqueeze(1), u.unsqueeze(1), self.merge_heads(q).unsqueeze(1)).squeeze(1))
         # b_i = P_Q P_K c_i and P_K P_Q m_i: the ridge systems of the prefix Grams [G_KK, G_QQ] + λI
-        solve_dtype = torch.promote_types(q.dtype, torch.float32)
+        solve_dtype = torch.promote_types(q.dtype, torch.float32)  # the solves themselves run in float64
         kq, rhs = torch.stack([k, q], 3).to(solve_dtype), torch.stack([c, m], 3).to(solve_dtype)
         second, last_gram = _RidgeProxySolves.apply(kq, rhs, RIDGE, self._state("grams"), self.chunk)
         self._keep("grams", last_gram)
