@@ -22,6 +22,54 @@ def test_chunked_prefix_linear_equals_dense(chunk):
     torch.testing.assert_close(final, state + k.mT @ v, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("chunk", [1, 3, 7, 16])
+def test_prefix_linear_gradients_equal_dense_with_state_and_final_state(chunk):
+    """The hand-written backward (chunk scores recomputed, not kept) against autograd through the dense
+    form, float64: gradients of q, k, v and the state, through the output and the final state, with a
+    ragged last chunk; and gradcheck."""
+    g = torch.Generator().manual_seed(2)
+    q, k = (torch.randn(2, 3, 7, 4, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    v = torch.randn(2, 3, 7, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    state = torch.randn(2, 3, 4, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    w_out = torch.randn(2, 3, 7, 5, generator=g, dtype=torch.float64)
+    w_total = torch.randn(2, 3, 4, 5, generator=g, dtype=torch.float64)
+    out, total = prefix_linear(q, k, v, chunk, state)
+    got = torch.autograd.grad((out * w_out).sum() + (total * w_total).sum(), (q, k, v, state))
+    dense_out, dense_total = torch.tril(q @ k.mT) @ v + q @ state, state + k.mT @ v
+    want = torch.autograd.grad((dense_out * w_out).sum() + (dense_total * w_total).sum(), (q, k, v, state))
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda *xs: prefix_linear(*xs[:3], chunk, xs[3]), (q, k, v, state))
+
+
+def test_prefix_linear_under_bf16_autocast_tracks_float64():
+    """Under CPU bf16 autocast the pass runs in bfloat16 like autocast's own products, and the gradients
+    come back in the inputs' dtype, within bfloat16's resolution of the float64 ones."""
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, 2, 64, 8, generator=g, requires_grad=True) for _ in range(3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = prefix_linear(q, k, v, 16)
+    assert out.dtype == torch.bfloat16
+    got = torch.autograd.grad(out.float().sum(), (q, k, v))
+    q64, k64, v64 = (x.detach().double().requires_grad_(True) for x in (q, k, v))
+    want = torch.autograd.grad((torch.tril(q64 @ k64.mT) @ v64).sum(), (q64, k64, v64))
+    for a, b in zip(got, want, strict=True):
+        assert a.dtype == torch.float32
+        assert (a.double() - b).abs().max() <= 1e-2 * b.abs().max()  # bfloat16 keeps 8 bits
+
+
+def test_prefix_linear_keeps_no_chunk_scores_for_the_backward_pass():
+    """What autograd keeps for one pass is q, k, v and the (n, d_k, d_v) chunk states, not the
+    (n, chunk, chunk) scores."""
+    from sympformer.benchmarking import saved_storages
+
+    q, k, v = (torch.randn(2, 4, 256, 16, requires_grad=True) for _ in range(3))
+    saved = sum(saved_storages(lambda: prefix_linear(q, k, v, 128)[0]).values())
+    inputs = 3 * q.numel() * 4
+    states = 2 * 4 * 2 * 16 * 16 * 4
+    assert saved <= inputs + states < inputs + 2 * 4 * 2 * 128 * 128 * 4
+
+
 @pytest.mark.parametrize("chunk", [1, 3, 5, 7, 16])
 def test_reverse_prefix_linear_equals_dense_suffix_sums(chunk):
     """reverse=True: out_i = q_i · Σ_{j≥i} k_j v_jᵀ (with gradients), against the dense upper-triangular

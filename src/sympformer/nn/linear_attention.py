@@ -51,21 +51,50 @@ def prefix_linear(
 ) -> tuple[Tensor, Tensor]:
     """out_i = q_i · (state + Σ_{j≤i} k_j v_jᵀ) for (B, H, T, ·) inputs, by chunks of ``chunk`` positions;
     returns (out, final state). ``reverse``: the suffix sums out_i = q_i · Σ_{j≥i} k_j v_jᵀ instead
-    (no state; the final state is then the total)."""
-    b, h, t, dk = q.shape
-    chunk = min(chunk, t)  # a short input (a generated token) is one chunk, not padded to a long one
+    (no state; the final state is then the total).
+
+    Under autograd the chunk scores are not kept for the backward pass but recomputed there
+    (:class:`_PrefixLinear`): they are chunk/r times the size of q (8× for the attention's 128-long
+    chunks), so a linear layer keeps only q, k, v and the chunk states. Under torch.compile the plain
+    form is traced and the compiler decides what to keep."""
+    if reverse and state is not None:
+        raise ValueError("a reverse (suffix) pass takes no state")
+    needs_grad = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (q, k, v, state))
+    if not needs_grad or torch.compiler.is_compiling():
+        out, total, _ = _prefix_linear_terms(q, k, v, chunk, state, reverse)
+        return out, total
+    device = q.device.type
+    if not torch.is_autocast_enabled(device):
+        return _PrefixLinear.apply(q, k, v, chunk, state, reverse)
+    # as autocast would run the products: in its dtype (the casts' own backward returns the gradients
+    # in the inputs' dtypes), with the Function's forward and backward in that one dtype
+    dtype = torch.get_autocast_dtype(device)
+    q, k, v, state = (None if x is None else x.to(dtype) for x in (q, k, v, state))
+    with torch.autocast(device, enabled=False):
+        return _PrefixLinear.apply(q, k, v, chunk, state, reverse)
+
+
+def _chunked(x: Tensor, chunk: int) -> Tensor:
+    """(B, H, T, d) → (B, H, n, chunk, d), zero-padded at the end (zero keys and values add nothing)."""
+    b, h, t, d = x.shape
     pad = (-t) % chunk
-    if pad:  # zero keys and values at the end add nothing either way
-        q, k, v = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v))
-    n = (t + pad) // chunk
-    qc, kc, vc = (x.reshape(b, h, n, chunk, x.shape[-1]) for x in (q, k, v))
-    scores = qc @ kc.mT  # masked in place: the product saves its inputs, not its output
-    intra = (scores.triu_() if reverse else scores.tril_()) @ vc
+    return (F.pad(x, (0, 0, 0, pad)) if pad else x).reshape(b, h, (t + pad) // chunk, chunk, d)
+
+
+def _masked_scores(qc: Tensor, kc: Tensor, reverse: bool) -> Tensor:
+    scores = qc @ kc.mT  # masked in place: a product saves its inputs, not its output
+    return scores.triu_() if reverse else scores.tril_()
+
+
+def _prefix_linear_terms(q, k, v, chunk, state, reverse):
+    """The forward pass of :func:`prefix_linear`: (out, total, the state each chunk's queries read)."""
+    t = q.shape[2]
+    chunk = min(chunk, t)  # a short input (a generated token) is one chunk, not padded to a long one
+    qc, kc, vc = (_chunked(x, chunk) for x in (q, k, v))
+    intra = _masked_scores(qc, kc, reverse) @ vc
     chunk_states = kc.mT @ vc
     through = torch.cumsum(chunk_states, dim=2)  # the state through each chunk
     if reverse:
-        if state is not None:
-            raise ValueError("a reverse (suffix) pass takes no state")
         total = through[:, :, -1]
         others = total.unsqueeze(2) - through  # exclusive: the state after each chunk
     else:
@@ -73,8 +102,54 @@ def prefix_linear(
         if state is not None:
             others = others + state.unsqueeze(2)
         total = others[:, :, -1] + chunk_states[:, :, -1]
-    out = (intra + qc @ others).reshape(b, h, n * chunk, -1)[:, :, :t]
-    return out, total
+    out = (intra + qc @ others).flatten(2, 3)[:, :, :t]
+    return out, total, others
+
+
+class _PrefixLinear(torch.autograd.Function):
+    r""":func:`prefix_linear` keeping q, k, v and the chunk states (not the chunk scores) for the backward
+    pass. Per chunk, with S = mask(q kᵀ), the states R read by the chunk and the gradient dO of the output
+    (and dT of the final state):
+
+        dq = mask(dO vᵀ) k + dO Rᵀ,     dk = mask(dO vᵀ)ᵀ q + v dCᵀ,     dv = Sᵀ dO + k dC,
+
+    where dC_m = Σ of qᵀ dO over the chunks that read chunk m's state (later chunks; earlier ones for a
+    suffix pass) plus dT, and d(state) = Σ_chunks qᵀ dO + dT."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, chunk, state, reverse):
+        out, total, others = _prefix_linear_terms(q, k, v, chunk, state, reverse)
+        ctx.save_for_backward(q, k, v, others)
+        ctx.chunk, ctx.reverse, ctx.has_state = min(chunk, q.shape[2]), reverse, state is not None
+        return out, total
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out, grad_total):
+        q, k, v, others = ctx.saved_tensors
+        t = q.shape[2]
+        qc, kc, vc = (_chunked(x, ctx.chunk) for x in (q, k, v))
+        if grad_out is None:
+            grad_out = torch.zeros(*q.shape[:3], v.shape[-1], dtype=q.dtype, device=q.device)
+        go = _chunked(grad_out.contiguous(), ctx.chunk)
+        masked_grad = _masked_scores(go, vc, ctx.reverse)  # mask(dO vᵀ)
+        scores = _masked_scores(qc, kc, ctx.reverse)  # recomputed
+        read = qc.mT @ go  # each chunk's gradient into the state it reads
+        through = torch.cumsum(read, dim=2)
+        if ctx.reverse:  # chunk m's state is read by the chunks before it
+            grad_states = through - read
+        else:  # ... by the chunks after it
+            grad_states = through[:, :, -1:] - through
+        if grad_total is not None:
+            grad_states = grad_states + grad_total.unsqueeze(2)
+        grad_q = masked_grad @ kc + go @ others.mT
+        grad_k = masked_grad.mT @ qc + vc @ grad_states.mT
+        grad_v = scores.mT @ go + kc @ grad_states
+        unchunk = lambda x: x.flatten(2, 3)[:, :, :t]
+        grad_state = None
+        if ctx.has_state and ctx.needs_input_grad[4]:
+            grad_state = through[:, :, -1] + (grad_total if grad_total is not None else 0)
+        return unchunk(grad_q), unchunk(grad_k), unchunk(grad_v), None, grad_state, None
 
 
 def chunked_ridge_inverse(
