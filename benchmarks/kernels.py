@@ -9,7 +9,8 @@ variant of one question timed in the same process):
 - prefix-linear attention with r = 16 features by chunk length: 32 heads (the proxy's reverse pass),
   and 4 heads (the attention itself, the `linear_chunk` setting);
 - the CPU flash kernel: B's 4 heads × 32, one 128-wide head (the v1 oracle) and 129 wide with one
-  more key and query (the v1 sentinel pass);
+  more key and query (the v1 sentinel pass); the gradient of its log-normaliser through one more
+  column or folded into the output;
 - the AdamW step: for-loop, foreach and fused implementations.
 
     python benchmarks/kernels.py
@@ -25,6 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from sympformer import softmax_ops
 from sympformer.allocator import apply_allocator_choice
 from sympformer.benchmarking import write_section
 from sympformer.nn.linear_attention import (
@@ -33,6 +35,7 @@ from sympformer.nn.linear_attention import (
     chunked_ridge_inverse,
     prefix_linear,
 )
+from sympformer.softmax_ops import softmax_average_with_normaliser
 from sympformer.utils import markdown_table
 
 B, H, T, R = 4, 4, 512, 16  # the linear shape's batch, heads, context and head width
@@ -57,6 +60,11 @@ def backward(fn, *inputs):
         sum(o.sum() for o in outputs if o.requires_grad).backward()
 
     return run
+
+
+def _sum_average_and_normaliser(q, k, v, weights):
+    average, log_norm = softmax_average_with_normaliser(q, k, v, None, scale=q.shape[-1] ** -0.5, causal=True)
+    return (average * weights).sum() + log_norm.sum()
 
 
 def main() -> None:
@@ -148,6 +156,19 @@ def main() -> None:
         x = [torch.randn(B, heads, length, width, generator=g, requires_grad=True) for _ in range(3)]
         attention = lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True)
         rows.append([label, milliseconds(backward(attention, *x), args.repeats)])
+
+    # the v1 oracle's first pass returns the average and L; dL reaches the kernel's backward pass either
+    # through one more column or folded into the output it is handed (softmax_ops._fold_log_norm_gradient)
+    x = [torch.randn(B, 1, T, 128, generator=g, requires_grad=True) for _ in range(3)]
+    weights = torch.randn(B, 1, T, 128, generator=g)
+    with_normaliser = lambda q, k, v: _sum_average_and_normaliser(q, k, v, weights)
+    for floor, label in [
+        (float("inf"), "(average, L) of 1 head × 128, forward + backward with dL: one more column (129 wide)"),
+        (softmax_ops._FOLD_FLOOR, "… dL folded into the output handed to the kernel (used)"),
+    ]:
+        default, softmax_ops._FOLD_FLOOR = softmax_ops._FOLD_FLOOR, floor
+        rows.append([label, milliseconds(backward(with_normaliser, *x), args.repeats)])
+        softmax_ops._FOLD_FLOOR = default
 
     from sympformer.nn import SympFormerConfig, SympFormerLM
 

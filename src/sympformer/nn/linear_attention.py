@@ -27,7 +27,7 @@ pass, and one such inverse serves both solves and the backward pass of one autog
 (:class:`_RidgeProxySolves`); the gradient reaches k and q through a reverse prefix-linear pass
 instead of (T, r, r) gradient tensors. The alternatives are timed in benchmarks/kernels.py
 (RESULTS.md, "Kernel choices"): per-position Grams with one batched LU factorisation and `lu_solve`
-per solve (LAPACK's per-matrix calls: about 4.5× the chunked float64 inverses and solves), or
+per solve (LAPACK's per-matrix calls: 3–4.5× the chunked float64 inverses and solves), or
 `torch.linalg.solve` or Cholesky solves under autograd (the derivative of the factorisation is the
 cost); the r = 16 reverse pass is fastest with short chunks.
 """
@@ -75,10 +75,18 @@ def prefix_linear(
 
 
 def _chunked(x: Tensor, chunk: int) -> Tensor:
-    """(B, H, T, d) → (B, H, n, chunk, d), zero-padded at the end (zero keys and values add nothing)."""
-    b, h, t, d = x.shape
+    """(B, H, T, ...) → (B, H, n, chunk, ...), zero-padded at the end of the positions (zero keys,
+    values or Gram rows add nothing)."""
+    b, h, t, *rest = x.shape
     pad = (-t) % chunk
-    return (F.pad(x, (0, 0, 0, pad)) if pad else x).reshape(b, h, (t + pad) // chunk, chunk, d)
+    if pad:
+        x = F.pad(x, (0, 0) * len(rest) + (0, pad))
+    return x.reshape(b, h, (t + pad) // chunk, chunk, *rest)
+
+
+def _unchunked(x: Tensor, length: int) -> Tensor:
+    """(B, H, n, chunk, ...) → (B, H, length, ...): :func:`_chunked` undone, the padding dropped."""
+    return x.flatten(2, 3)[:, :, :length]
 
 
 def _masked_scores(qc: Tensor, kc: Tensor, reverse: bool) -> Tensor:
@@ -102,8 +110,7 @@ def _prefix_linear_terms(q, k, v, chunk, state, reverse):
         if state is not None:
             others = others + state.unsqueeze(2)
         total = others[:, :, -1] + chunk_states[:, :, -1]
-    out = (intra + qc @ others).flatten(2, 3)[:, :, :t]
-    return out, total, others
+    return _unchunked(intra + qc @ others, t), total, others
 
 
 class _PrefixLinear(torch.autograd.Function):
@@ -145,11 +152,11 @@ class _PrefixLinear(torch.autograd.Function):
         grad_q = masked_grad @ kc + go @ others.mT
         grad_k = masked_grad.mT @ qc + vc @ grad_states.mT
         grad_v = scores.mT @ go + kc @ grad_states
-        unchunk = lambda x: x.flatten(2, 3)[:, :, :t]
         grad_state = None
         if ctx.has_state and ctx.needs_input_grad[4]:
             grad_state = through[:, :, -1] + (grad_total if grad_total is not None else 0)
-        return unchunk(grad_q), unchunk(grad_k), unchunk(grad_v), None, grad_state, None
+        grad_q, grad_k, grad_v = (_unchunked(g, t) for g in (grad_q, grad_k, grad_v))
+        return grad_q, grad_k, grad_v, None, grad_state, None
 
 
 def chunked_ridge_inverse(
@@ -168,13 +175,7 @@ def chunked_ridge_inverse(
     is then one product with P_s and one masked pass within the chunk (:func:`apply_ridge_inverse`).
     Returns (P_s per chunk (B, H, n, m, r, r), Uᵀ per chunk (B, H, n, m, c, r), the last prefix Gram
     without the ridge, for the generation cache)."""
-    b, h, t, m, r = a.shape
-    chunk = min(chunk, t)
-    pad = (-t) % chunk
-    if pad:  # zero rows change no Gram and give zero updates
-        a = F.pad(a, (0, 0, 0, 0, 0, pad))
-    n = (t + pad) // chunk
-    rows = a.reshape(b, h, n, chunk, m, r).transpose(3, 4)  # K per chunk: (B, H, n, m, c, r)
+    rows = _chunked(a, min(chunk, a.shape[2])).transpose(3, 4)  # K per chunk: (B, H, n, m, c, r)
     totals = rows.mT @ rows
     before = torch.cumsum(totals, dim=2) - totals  # the Gram before each chunk
     if state is not None:
@@ -194,15 +195,9 @@ def chunked_ridge_inverse(
 def apply_ridge_inverse(start: Tensor, updates: Tensor, rhs: Tensor) -> Tensor:
     """P_i x_i at every position i of a (B, H, T, m, r) ``rhs``, from :func:`chunked_ridge_inverse`'s
     P_s and Uᵀ: x_i P_s − Σ_{k≤j} (x_i·u_k) u_kᵀ, with i the j-th position of its chunk."""
-    b, h, t, m, r = rhs.shape
-    chunk = updates.shape[-2]
-    pad = (-t) % chunk
-    if pad:
-        rhs = F.pad(rhs, (0, 0, 0, 0, 0, pad))
-    n = (t + pad) // chunk
-    x = rhs.reshape(b, h, n, chunk, m, r).transpose(3, 4)
+    x = _chunked(rhs, updates.shape[-2]).transpose(3, 4)  # (B, H, n, m, c, r)
     out = x @ start - (x @ updates.mT).tril_() @ updates
-    return out.transpose(3, 4).reshape(b, h, n * chunk, m, r)[:, :, :t]
+    return _unchunked(out.transpose(3, 4), rhs.shape[2])
 
 
 class _RidgeProxySolves(torch.autograd.Function):
@@ -216,8 +211,8 @@ class _RidgeProxySolves(torch.autograd.Function):
     Ā_i = −(Ȳ₂ X₂ᵀ + Ȳ₁ X₁ᵀ)_i, whose effect on a_j, ā_j = Σ_{i≥j} (Ā_i + Ā_iᵀ) a_j, is a reverse
     prefix-linear pass with four key/value pairs, so no (T, r, r) gradient is ever formed. The
     inverses and solves run in float64 (autocast off): P_s − Σ u uᵀ cancels when the chunk's tokens
-    dominate the Gram before it (the first chunk, where P_0 = I/λ), which costs float32 up to ~15×
-    the error of a per-position LU solve, while float64 stays at float32's rounding of the result
+    dominate the Gram before it (the first chunk, where P_0 = I/λ), which costs float32 6–14×
+    the error of a per-position LU solve (a one-off comparison), while float64 stays at float32's rounding of the result
     (tests/nn/test_linear_attention.py). Returns (X₂ in a's dtype, the last prefix Gram in float64 for
     the cache)."""
 
