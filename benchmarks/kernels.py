@@ -11,6 +11,10 @@ variant of one question timed in the same process):
 - the CPU flash kernel: B's 4 heads × 32, one 128-wide head (the v1 oracle) and 129 wide with one
   more key and query (the v1 sentinel pass); the gradient of its log-normaliser through one more
   column or folded into the output;
+- one chunk of the fused head + cross-entropy (the primary shape's 333 tokens × 50 304 logits turned
+  into the loss and softmax − one-hot): separate max, subtract, exponential, sum and scale passes (the
+  previous choice) against PyTorch's softmax kernel written over the logits; and the whole fused loss
+  at the primary shape;
 - the AdamW step: for-loop, foreach and fused implementations.
 
     python benchmarks/kernels.py
@@ -29,6 +33,7 @@ import torch.nn.functional as F
 from sympformer import softmax_ops
 from sympformer.allocator import apply_allocator_choice
 from sympformer.benchmarking import write_section
+from sympformer.nn import loss as loss_module
 from sympformer.nn.linear_attention import (
     _RidgeProxySolves,
     apply_ridge_inverse,
@@ -65,6 +70,27 @@ def backward(fn, *inputs):
 def _sum_average_and_normaliser(q, k, v, weights):
     average, log_norm = softmax_average_with_normaliser(q, k, v, None, scale=q.shape[-1] ** -0.5, causal=True)
     return (average * weights).sum() + log_norm.sum()
+
+
+def _chunk_by_passes(logits, index, weights, h_chunk, head):
+    """The cross-entropy chunk as it was: one pass over the chunk per operation (the contender)."""
+    target_logit = logits.gather(1, index)
+    top = logits.amax(1, keepdim=True)
+    exps = logits.sub_(top).exp_()
+    sums = exps.sum(1, keepdim=True)
+    loss = (top + sums.log() - target_logit).sum()
+    grad = exps.mul_(weights / sums)
+    grad.scatter_add_(1, index, -weights)
+    return loss
+
+
+def _chunk_by_softmax(logits, index, weights, h_chunk, head):
+    """The cross-entropy chunk as :mod:`sympformer.nn.loss` forms it: the softmax kernel over the logits,
+    the row weights left to the thin factors."""
+    probs = loss_module._softmax_over_logits(logits)
+    loss = loss_module._row_losses(probs, index, h_chunk, head).sum()
+    probs.scatter_add_(1, index, -torch.ones_like(weights))
+    return loss
 
 
 def main() -> None:
@@ -169,6 +195,26 @@ def main() -> None:
         default, softmax_ops._FOLD_FLOOR = softmax_ops._FOLD_FLOOR, floor
         rows.append([label, milliseconds(backward(with_normaliser, *x), args.repeats)])
         softmax_ops._FOLD_FLOOR = default
+
+    vocab, tokens = 50304, 1024
+    rows_per_chunk = loss_module.CHUNK_ELEMENTS // vocab
+    h_chunk, head = torch.randn(rows_per_chunk, 64, generator=g), 0.3 * torch.randn(vocab, 64, generator=g)
+    source = h_chunk @ head.T
+    chunk, index = torch.empty_like(source), torch.randint(0, vocab, (rows_per_chunk, 1), generator=g)
+    weights = torch.full((rows_per_chunk, 1), 1.0 / tokens)
+    for fn, label in [
+        (_chunk_by_passes, f"cross-entropy chunk ({rows_per_chunk} × {vocab} logits): max, subtract, exp, sum, scale"),
+        (_chunk_by_softmax, "… the softmax kernel written over the logits (used)"),
+    ]:
+        rows.append(
+            [label, milliseconds(lambda fn=fn: fn(chunk.copy_(source), index, weights, h_chunk, head), args.repeats)]
+        )
+    rows.append(["… copying the chunk in, included in both", milliseconds(lambda: chunk.copy_(source), args.repeats)])
+    h = torch.randn(tokens, 64, generator=g, requires_grad=True)
+    head = (0.02 * torch.randn(vocab, 64, generator=g)).requires_grad_(True)
+    targets = torch.randint(0, vocab, (tokens,), generator=g)
+    label = f"fused head + cross-entropy, {tokens} tokens × {vocab} (the primary shape), forward + backward"
+    rows.append([label, milliseconds(backward(loss_module.linear_cross_entropy, h, head, targets), args.repeats)])
 
     from sympformer.nn import SympFormerConfig, SympFormerLM
 

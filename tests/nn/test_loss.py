@@ -56,3 +56,40 @@ def test_fused_loss_under_bf16_autocast_tracks_float32():
     assert grad_h.dtype == h.dtype and grad_w.dtype == w.dtype
     torch.testing.assert_close(grad_h, ref_h, rtol=0.05, atol=2e-3)
     torch.testing.assert_close(grad_w, ref_w, rtol=0.05, atol=2e-3)
+
+
+def test_fused_loss_is_exact_where_the_target_probability_underflows():
+    """A target 200 nats below the top logit: its softmax probability is 0 in float32, so its loss is
+    recomputed from the logits (−log 0 would be inf); the gradient is the plain one."""
+    g = torch.Generator().manual_seed(3)
+    h = torch.randn(6, 4, generator=g)
+    w = torch.randn(9, 4, generator=g)
+    h[2] = 0.0
+    h[2, 0] = 50.0
+    w[:, 0] = 0.0
+    w[1, 0], w[7, 0] = 4.0, 0.0  # row 2: logit 200 at class 1, 0 at class 7 (its target)
+    y = torch.tensor([0, 3, 7, -1, 5, 8])
+    h.requires_grad_(True)
+    w.requires_grad_(True)
+    fused = linear_cross_entropy(h, w, y)
+    plain = F.cross_entropy(h.double() @ w.double().T, y, ignore_index=-1)
+    assert torch.isfinite(fused) and fused.item() > 200 / 5
+    torch.testing.assert_close(fused.double(), plain, rtol=1e-6, atol=0)
+    for a, b in zip(torch.autograd.grad(fused, (h, w)), torch.autograd.grad(plain, (h, w)), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_loss_in_float32_matches_the_float64_formula_over_several_chunks(monkeypatch):
+    """The softmax written over the float32 logits buffer, chunk by chunk, against float64 (the buffer is
+    reused: a stale chunk would show)."""
+    monkeypatch.setattr(loss_module, "CHUNK_ELEMENTS", 5 * 301)
+    g = torch.Generator().manual_seed(4)
+    h = torch.randn(23, 16, generator=g, requires_grad=True)
+    w = (0.5 * torch.randn(301, 16, generator=g)).requires_grad_(True)
+    y = torch.randint(0, 301, (23,), generator=g)
+    y[[4, 17]] = -1
+    fused = linear_cross_entropy(h, w, y)
+    plain = F.cross_entropy(h.double() @ w.double().T, y, ignore_index=-1)
+    torch.testing.assert_close(fused.double(), plain, rtol=1e-6, atol=0)
+    for a, b in zip(torch.autograd.grad(fused, (h, w)), torch.autograd.grad(plain, (h, w)), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
