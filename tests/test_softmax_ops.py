@@ -104,7 +104,8 @@ def test_average_and_normaliser_gradients_equal_dense_softmax(causal, scale, row
     """Gradients through the average and the normaliser together against a dense float64 softmax. The
     CPU kernel folds dL into its own backward pass: through a changed output where every row of the
     average's gradient is nonzero (one row may be as small as 1e-12 per entry), else (a zero row) through
-    one more column; both paths are checked to be the ones taken."""
+    one more column; both paths are checked to be the ones taken. L alone (its average unused) takes
+    neither: zero values and a one-hot dO give its gradient at the same width."""
     widths = []  # (width in, width out) of each fold
 
     def recorded(out, *args, fold=softmax_ops._fold_log_norm_gradient):
@@ -128,14 +129,14 @@ def test_average_and_normaliser_gradients_equal_dense_softmax(causal, scale, row
     ).sum()
     for got, want in zip(grads, torch.autograd.grad(reference, [q, k, v]), strict=True):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
-    if normaliser_path == "kernel":
-        ((width_in, width_out),) = widths
-        assert width_out == width_in + (row == "zero")
     only_norm = torch.autograd.grad((softmax_log_normaliser(q, k, scale=scale, causal=causal) * w_norm).sum(), [q, k])
     for got, want in zip(
         only_norm, torch.autograd.grad((dense_log_normaliser(q, k, scale, causal) * w_norm).sum(), [q, k]), strict=True
     ):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    if normaliser_path == "kernel":  # L alone needs no fold (and no extra column): one fold, the first call's
+        ((width_in, width_out),) = widths
+        assert width_out == width_in + (row == "zero")
 
 
 def test_kernel_normaliser_passes_gradcheck_and_needs_no_centre():

@@ -69,15 +69,19 @@ class _CPUFlashAverage(torch.autograd.Function):
     def backward(ctx, grad_out, grad_log_norm):
         q, k, out, log_norm, *pieces = ctx.saved_tensors
         widths = [v.shape[-1] for v in pieces]
-        grad_out = torch.zeros_like(out[..., : sum(widths)]) if grad_out is None else grad_out
-        width = ctx.width
-        grad_out = _pad_width(grad_out.contiguous(), width)
-        if grad_log_norm is not None:
-            out, width = _fold_log_norm_gradient(out, grad_out, grad_log_norm)
-            if width > ctx.width:  # the extra column
-                grad_out = _pad_width(grad_out, width)
-                grad_out[..., -1] = -grad_log_norm
-        values = _pad_width(torch.cat(pieces, -1) if len(pieces) > 1 else pieces[0], width)
+        width, average_used = ctx.width, grad_out is not None
+        if not average_used and grad_log_norm is None:
+            return (None,) * (4 + len(pieces))
+        if not average_used:  # only L is (a log-normaliser alone, the last v1 layer's oracle)
+            grad_out, out, values = _log_norm_only_gradient(out, grad_log_norm)
+        else:
+            grad_out = _pad_width(grad_out.contiguous(), width)
+            if grad_log_norm is not None:
+                out, width = _fold_log_norm_gradient(out, grad_out, grad_log_norm)
+                if width > ctx.width:  # the extra column
+                    grad_out = _pad_width(grad_out, width)
+                    grad_out[..., -1] = -grad_log_norm
+            values = _pad_width(torch.cat(pieces, -1) if len(pieces) > 1 else pieces[0], width)
         grad_q, grad_k, grad_v = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
             grad_out,
             _pad_width(q, width),
@@ -89,8 +93,21 @@ class _CPUFlashAverage(torch.autograd.Function):
             ctx.causal,
             scale=ctx.scale,
         )
-        grad_pieces = grad_v[..., : sum(widths)].split(widths, -1)
+        grad_pieces = grad_v[..., : sum(widths)].split(widths, -1) if average_used else [None] * len(pieces)
         return grad_q[..., : q.shape[-1]], grad_k[..., : k.shape[-1]], None, None, *grad_pieces
+
+
+def _log_norm_only_gradient(out: Tensor, grad_log_norm: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    r"""(dO, O', values) that make the kernel's backward pass give the gradient of L alone at the
+    same width, exactly: with zero values dP_ij = dO_i·v_j = 0, and with dO_i = e₁, O'_i = −dL_i e₁ the
+    kernel's D_i = dO_i·O'_i = −dL_i, so dS_ij = P_ij (dP_ij − D_i) = P_ij dL_i = dL_i ∂L_i/∂s_ij.
+    The values' gradient it returns is then not theirs (the average is not used: it is dropped). Before,
+    such a call took the extra column of :func:`_fold_log_norm_gradient`, 129 wide for a v1 oracle."""
+    grad_out = torch.zeros_like(out)
+    grad_out[..., 0] = 1.0
+    folded = torch.zeros_like(out)
+    folded[..., 0] = -grad_log_norm
+    return grad_out, folded, torch.zeros_like(out)
 
 
 def _fold_log_norm_gradient(out: Tensor, grad_out: Tensor, grad_log_norm: Tensor) -> tuple[Tensor, int]:
@@ -98,8 +115,8 @@ def _fold_log_norm_gradient(out: Tensor, grad_out: Tensor, grad_log_norm: Tensor
     the kernel reads the output only for D_i = Σ_c dO_ic O_ic, and D_i − dL_i is what it needs.
 
     Where every row of dO is clearly nonzero, O'_i = O_i − dL_i dO_i / |dO_i|² gives exactly that at
-    the same width (each term of the kernel's sum stays within |dO_i||O_i| + |dL_i|). Otherwise (a call
-    whose average is not used, say) one more column: one in the output, −dL_i in dO (the caller pads
+    the same width (each term of the kernel's sum stays within |dO_i||O_i| + |dL_i|). Otherwise (a zero
+    row: an average partly unused) one more column: one in the output, −dL_i in dO (the caller pads
     dO), zero in q, k and v. Returns (the output, the width to run at)."""
     wide = grad_out.to(torch.promote_types(grad_out.dtype, torch.float32))
     norm2 = (wide * wide).sum(-1)
