@@ -98,13 +98,15 @@ FLASH = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 FLASH_BACKWARD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
 FLASH_NAME = "aten::_scaled_dot_product_flash_attention_for_cpu"
 REPLAYED = ("aten::mm", "aten::bmm", "aten::addmm", FLASH_NAME, FLASH_NAME + "_backward")
+LAYER_NORMS = ("aten::native_layer_norm", "aten::native_layer_norm_backward")
 
 
-def recorded_kernel_calls(step) -> list[tuple[str, list, list]]:
-    """(name, input shapes, scalar inputs) of every matrix-product and attention-kernel call of one step."""
+def recorded_kernel_calls(step, names=REPLAYED) -> list[tuple[str, list, list]]:
+    """(name, input shapes, scalar inputs) of every call of one step to the operators ``names`` (by
+    default the matrix products and attention kernels)."""
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         step()
-    return [(e.name, e.input_shapes, e.concrete_inputs) for e in prof.events() if e.name in REPLAYED]
+    return [(e.name, e.input_shapes, e.concrete_inputs) for e in prof.events() if e.name in names]
 
 
 def replay(calls: list[tuple[str, list, list]]):
@@ -112,6 +114,7 @@ def replay(calls: list[tuple[str, list, list]]):
     architecture cannot go below whatever its elementwise work, copies and Python cost."""
     g = torch.Generator().manual_seed(0)
     rand = lambda shape: 0.3 * torch.randn(shape, generator=g)
+    optional = lambda shape: rand(shape) if shape else None  # an absent weight or bias is recorded as []
     prepared = []
     for name, shapes, scalars in calls:
         if name in ("aten::mm", "aten::bmm"):
@@ -121,6 +124,14 @@ def replay(calls: list[tuple[str, list, list]]):
             prepared.append(functools.partial(product, *map(rand, shapes[:2]), **out))
         elif name == "aten::addmm":
             prepared.append(functools.partial(torch.addmm, *map(rand, shapes[:3])))
+        elif name == "aten::native_layer_norm":  # (input, normalized shape, weight, bias, eps)
+            x, weight, bias = rand(shapes[0]), optional(shapes[2]), optional(shapes[3])
+            prepared.append(functools.partial(torch.native_layer_norm, x, scalars[1], weight, bias, scalars[4]))
+        elif name == "aten::native_layer_norm_backward":  # with the forward's statistics on the same input
+            grad, x, weight, bias = rand(shapes[0]), rand(shapes[1]), optional(shapes[5]), optional(shapes[6])
+            _, mean, rstd = torch.native_layer_norm(x, scalars[2], weight, bias, 1e-5)
+            args = (grad, x, scalars[2], mean, rstd, weight, bias, scalars[7])
+            prepared.append(functools.partial(torch.ops.aten.native_layer_norm_backward, *args))
         elif name == FLASH_NAME:
             q, k, v = map(rand, shapes[:3])
             prepared.append(functools.partial(FLASH, q, k, v, 0.0, scalars[4], scale=scalars[6]))
@@ -146,7 +157,9 @@ FLOORS = [  # (case, reference): the DESIGN.md ratios that do not hold, and two 
 def kernel_floors(rounds: int = 5) -> str:
     """Each case's step, its kernel calls replayed alone, and the reference's, interleaved in one
     process: floor = (reference step − reference kernels + case kernels) / reference step, the ratio
-    the case would reach if everything but its matrix products and attention kernels were free."""
+    the case would reach if everything but its matrix products and attention kernels were free. A
+    second floor adds the LayerNorms (forward and backward) to the kernels: the architectures
+    prescribe them (a v1 layer has four where B has two)."""
     cases = sorted({case for pair in FLOORS for case in pair})
     with_gpt2 = importlib.util.find_spec("transformers") is not None
     cases += ["heavy:B", "heavy:gpt2"] if with_gpt2 else []
@@ -156,25 +169,37 @@ def kernel_floors(rounds: int = 5) -> str:
         step()
         contenders[case] = step
         contenders[case + " kernels"] = replay(recorded_kernel_calls(step))
+        contenders[case + " norms"] = replay(recorded_kernel_calls(step, LAYER_NORMS))
     times = {name: median(t) * 1e3 for name, t in interleaved_times(contenders, rounds=rounds, repeats=1).items()}
     rows = []
     for case, reference in FLOORS:
         floor = times[reference] - times[reference + " kernels"] + times[case + " kernels"]
+        with_norms = floor - times[reference + " norms"] + times[case + " norms"]
         rows.append(
             [
                 f"{case} vs {reference}",
                 f"{times[case] / times[reference]:.2f}",
                 f"{times[case + ' kernels']:.0f} vs {times[reference + ' kernels']:.0f}",
                 f"{floor / times[reference]:.2f}",
+                f"{times[case + ' norms']:.1f} vs {times[reference + ' norms']:.1f}",
+                f"{with_norms / times[reference]:.2f}",
             ]
         )
-    header = ["ratio", "measured (step time)", "kernel ms, replayed (mm, bmm, attention)", "floor"]
+    header = [
+        "ratio",
+        "measured (step time)",
+        "kernel ms, replayed (mm, bmm, attention)",
+        "floor",
+        "LayerNorm ms, replayed",
+        "floor with LayerNorms",
+    ]
     text = (
         "#### Floors: each step's kernel calls replayed alone\n\n"
         "Every matrix product and attention-kernel call of one training step, recorded with its shapes and "
         "replayed alone on random tensors, interleaved with the steps themselves (median of "
         f"{rounds} rounds). The floor adds only the case's *extra* kernel time to the reference's step, as "
-        "if every other operator it adds were free. R2_L's per-chunk inverses, Cholesky factors and triangular "
+        "if every other operator it adds were free; the last column adds the extra LayerNorm time too. "
+        "R2_L's per-chunk inverses, Cholesky factors and triangular "
         "solves are not replayed and its float64 products are replayed in float32, so its floor is a little "
         "low.\n\n" + markdown_table(header, rows) + "\n"
     )

@@ -236,13 +236,14 @@ class CausalSelfAttention(AttentionBase):
 
         return recomputed(connection, q, k_avg, dk_avg, y, sw_avg, u)
 
-    def with_connection(self, z: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
-        """(F, C(z; u)) for a direction u known before the attention: ONE SDPA call."""
+    def with_connection(self, z: Tensor, u: Tensor, deferred: bool = False) -> tuple[Tensor | Affine, Tensor]:
+        """(F, C(z; u)) for a direction u known before the attention: ONE SDPA call (``deferred``: F as an
+        Affine term, see :meth:`output`)."""
         q, k, w = self.project(z)
         dk = self.direction(u, "k")
         s = u.square().sum(-1)[:, None, :, None]
         y, k_avg, dk_avg, sw_avg = self.aggregate(q, k, [w, k, dk, s * w])
-        return self.output(y), self._connection(q, k_avg, dk_avg, y, sw_avg, u)
+        return self.output(y, deferred), self._connection(q, k_avg, dk_avg, y, sw_avg, u)
 
     def then_connection(self, z: Tensor, direction) -> tuple[Tensor, Tensor, Tensor]:
         """(F, u, C(z; u)) for a direction u = direction(F) that needs the attention output (R2):

@@ -138,7 +138,7 @@ class H1(MomentumBlock):
     connection = True
 
     def attention_half_step(self, x, v):
-        f, c = self.attn.with_connection(self.attention_base(x, v), v)
+        f, c = self.attn.with_connection(self.attention_base(x, v), v, deferred=True)  # F rebuilt in the backward
         v_a = layer_norm_of_sum(self.ln_v, (self.beta1(), v), (self.gain1(), f), (-self.strength(), c))
         return v_a, v_a
 

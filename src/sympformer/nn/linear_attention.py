@@ -40,6 +40,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from sympformer.nn.attention import AttentionBase
+from sympformer.nn.norm_sum import Affine
 
 RIDGE = 1e-3
 SOLVE_DTYPE = torch.float64  # of the ridge inverses and solves (see _RidgeProxySolves)
@@ -321,9 +322,9 @@ class PrefixLinearAttention(AttentionBase):
         t1 = prefix("bq", self.merge_heads(b).unsqueeze(1), self.merge_heads(q).unsqueeze(1) / heads, u.unsqueeze(1))
         return t2 - t1.squeeze(1)
 
-    def with_connection(self, z: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+    def with_connection(self, z: Tensor, u: Tensor, deferred: bool = False) -> tuple[Tensor | Affine, Tensor]:
         q, k, w = self.project(z)
-        out = self.output(self._attend(q, k, w))
+        out = self.output(self._attend(q, k, w), deferred)
         connection = self._connection(q, k, u)
         self._finish(z.shape[1])
         return out, connection
