@@ -68,6 +68,7 @@ def test_fused_loss_is_exact_where_the_target_probability_underflows():
     h[2, 0] = 50.0
     w[:, 0] = 0.0
     w[1, 0], w[7, 0] = 4.0, 0.0  # row 2: logit 200 at class 1, 0 at class 7 (its target)
+    h[3] = h[2]  # an uncounted row (target −1) whose stand-in class 0 underflows too: no inf × 0
     y = torch.tensor([0, 3, 7, -1, 5, 8])
     h.requires_grad_(True)
     w.requires_grad_(True)

@@ -6,7 +6,7 @@ The gradients are formed chunk by chunk during the forward pass, where each chun
 still at hand (∂loss/∂logits = (softmax − one-hot) w_i, with w_i = 1/count for a counted token, else 0):
     ∂loss/∂h = diag(w) (S − Y) W,   ∂loss/∂W = (S − Y)ᵀ diag(w) h,
 so the row weights scale the thin (tokens × C) factors, not the chunk. Each chunk's logits become
-the softmax S in place, by PyTorch's softmax kernel, which handles a row at a time while it sits in
+the softmax S (in place on CPU) by PyTorch's softmax kernel, which handles a row at a time while it sits in
 cache (max, exponentials and sum, scale); the loss of a token is then −log S_{i,y_i}. The full
 (tokens × vocabulary) logit matrix and its log-softmax are never stored, which saves their memory
 and passes over them; the matrix products are those of the plain head. Against separate max,
@@ -38,12 +38,12 @@ def _softmax_over_logits(logits: Tensor) -> Tensor:
     return torch.softmax(logits, 1)
 
 
-def _row_losses(probs: Tensor, index: Tensor, h_c: Tensor, weight: Tensor) -> Tensor:
-    """−log S_{i,y_i} per row; rows whose target probability underflows (a loss of more than 69 nats)
-    get logsumexp − z_y from their logits, recomputed."""
+def _row_losses(probs: Tensor, index: Tensor, counted: Tensor, h_c: Tensor, weight: Tensor) -> Tensor:
+    """−log S_{i,y_i} per row; counted rows whose target probability underflows (a loss of more than
+    69 nats) get logsumexp − z_y from their logits, recomputed (an uncounted row may be inf)."""
     target = probs.gather(1, index).squeeze(1)
     row_loss = -target.log()
-    far = target < _SMALLEST_TARGET_PROBABILITY
+    far = (target < _SMALLEST_TARGET_PROBABILITY) & counted
     if bool(far.any()):
         with torch.autocast(h_c.device.type, enabled=False):
             logits = h_c[far].to(weight.dtype) @ weight.T
@@ -74,8 +74,8 @@ def _loss_and_gradients(h: Tensor, weight: Tensor, targets: Tensor, need_grad: b
             logits = F.linear(h_c, weight).to(acc)
         index = y_c.clamp_min(0).unsqueeze(1)
         probs = _softmax_over_logits(logits)
-        row_loss = _row_losses(probs, index, h_c, weight_acc)
-        total += (row_loss * v_c).sum()
+        row_loss = _row_losses(probs, index, v_c, h_c, weight_acc)
+        total += torch.where(v_c, row_loss, 0).sum()
         if need_grad:
             probs.scatter_add_(1, index, -v_c.to(acc).unsqueeze(1))  # S − Y (no target: the row is weighted 0)
             weights = (v_c.to(acc) / count).unsqueeze(1)
