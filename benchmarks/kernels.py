@@ -6,8 +6,9 @@ variant of one question timed in the same process):
   Woodbury inverses (`chunked_ridge_inverse`) by chunk length and precision;
 - the ridge solves forward + backward: two `torch.linalg.solve` under autograd, `lu_factor` +
   `lu_solve` under autograd, Cholesky solves, and `_RidgeProxySolves` (which also builds the inverses);
-- prefix-linear attention with r = 16 features by chunk length: 32 heads (the proxy's reverse pass),
-  and 4 heads (the attention itself, the `linear_chunk` setting);
+- the ridge backward's suffix pass over four key/value pairs: the pairs as heads (the previous
+  choice) against the pairs side by side at each position, by chunk length; prefix-linear attention
+  with r = 16 features and 4 heads (the attention itself, the `linear_chunk` setting) by chunk length;
 - the CPU flash kernel: B's 4 heads × 32, one 128-wide head (the v1 oracle) and 129 wide with one
   more key and query (the v1 sentinel pass); the gradient of its log-normaliser through one more
   column or folded into the output;
@@ -35,10 +36,12 @@ from sympformer.allocator import apply_allocator_choice
 from sympformer.benchmarking import write_section
 from sympformer.nn import loss as loss_module
 from sympformer.nn.linear_attention import (
+    _prefix_linear_terms,
     _RidgeProxySolves,
     apply_ridge_inverse,
     chunked_ridge_inverse,
     prefix_linear,
+    swap_systems,
 )
 from sympformer.softmax_ops import softmax_average_with_normaliser
 from sympformer.utils import markdown_table
@@ -106,20 +109,20 @@ def main() -> None:
     grams = lambda x: (x.unsqueeze(-1) * x.unsqueeze(-2)).cumsum(2) + 1e-3 * eye  # per position, with the ridge
 
     with torch.no_grad():
-        a, rhs = (torch.randn(B, H, T, 2, R, generator=g) for _ in range(2))
+        a, rhs = (torch.randn(B, 2 * H, T, R, generator=g) for _ in range(2))  # the K and Q systems
 
         def lu_per_position():
             lu, pivots, _ = torch.linalg.lu_factor_ex(grams(a))
             first = torch.linalg.lu_solve(lu, pivots, rhs.unsqueeze(-1))
-            return torch.linalg.lu_solve(lu, pivots, first.flip(-3))
+            return torch.linalg.lu_solve(lu, pivots, swap_systems(first))
 
         def chunked(dtype, chunk):
             start, updates, _ = chunked_ridge_inverse(a.to(dtype), 1e-3, None, chunk)
             first = apply_ridge_inverse(start, updates, rhs.to(dtype))
-            return apply_ridge_inverse(start, updates, first.flip(-2)).float()
+            return apply_ridge_inverse(start, updates, swap_systems(first)).float()
 
         inverse_rows = {
-            "ridge inverses + two solves (4, 4, 512, 2, 16): per-position Grams, `lu_factor_ex`, two `lu_solve`": (
+            "ridge inverses + two solves (4, 8, 512, 16): per-position Grams, `lu_factor_ex`, two `lu_solve`": (
                 lu_per_position
             ),
             **{
@@ -131,23 +134,23 @@ def main() -> None:
         for name, fn in inverse_rows.items():
             rows.append([name, milliseconds(fn, args.repeats)])
 
-    kq = torch.randn(B, H, T, 2, R, generator=g, requires_grad=True)
-    rhs = torch.randn(B, H, T, 2, R, generator=g, requires_grad=True)
+    kq = torch.randn(B, 2 * H, T, R, generator=g, requires_grad=True)
+    rhs = torch.randn(B, 2 * H, T, R, generator=g, requires_grad=True)
 
     def two_solves(kq, rhs):
         systems = grams(kq)
         first = torch.linalg.solve(systems, rhs)
-        return torch.linalg.solve(systems, first.flip(-2))
+        return torch.linalg.solve(systems, swap_systems(first))
 
     def lu_once(kq, rhs):
         lu, pivots = torch.linalg.lu_factor(grams(kq))
         first = torch.linalg.lu_solve(lu, pivots, rhs.unsqueeze(-1))
-        return torch.linalg.lu_solve(lu, pivots, first.flip(-3))
+        return torch.linalg.lu_solve(lu, pivots, swap_systems(first))
 
     def cholesky(kq, rhs):
         factor = torch.linalg.cholesky(grams(kq))
         first = torch.cholesky_solve(rhs.unsqueeze(-1), factor)
-        return torch.cholesky_solve(first.flip(-3), factor)
+        return torch.cholesky_solve(swap_systems(first), factor)
 
     solves = {
         "ridge solves, forward + backward: two `linalg.solve`": two_solves,
@@ -158,11 +161,25 @@ def main() -> None:
     for name, fn in solves.items():
         rows.append([name, milliseconds(backward(fn, kq, rhs), args.repeats)])
 
-    with torch.no_grad():
-        q, k, v = (torch.randn(B, 32, T, R, generator=g) for _ in range(3))
-        for chunk in (16, 32, 64, 128):
-            label = f"prefix-linear, 32 heads × r = 16, chunk {chunk} (forward)"
-            rows.append([label, milliseconds(lambda chunk=chunk: prefix_linear(q, k, v, chunk), args.repeats)])
+    with torch.no_grad():  # the ridge backward's suffix pass over four key/value pairs, on the 8 systems
+        query, *pairs = (torch.randn(B, 2 * H, T, R, generator=g) for _ in range(9))
+
+        def pairs_as_heads(chunk):
+            out, _ = prefix_linear(
+                torch.cat([query] * 4, 1), torch.cat(pairs[:4], 1), torch.cat(pairs[4:], 1), chunk, reverse=True
+            )
+            return out.unflatten(1, (4, -1)).sum(1)
+
+        def grouped(chunk):
+            side_by_side = lambda ts: torch.stack(ts, 3).reshape(B, 2 * H, 4 * T, R)
+            return _prefix_linear_terms(query, side_by_side(pairs[:4]), side_by_side(pairs[4:]), chunk, None, True, 4)
+
+        for chunk in (16, 32):
+            label = f"suffix pass, four pairs as 32 heads × r = 16, chunk {chunk}"
+            rows.append([label, milliseconds(lambda chunk=chunk: pairs_as_heads(chunk), args.repeats)])
+        for chunk in (8, 16, 32, 64):
+            label = f"… the pairs side by side at each position, chunk {chunk}" + (" (used)" if chunk == 16 else "")
+            rows.append([label, milliseconds(lambda chunk=chunk: grouped(chunk), args.repeats)])
 
     q, k, v = (torch.randn(B, H, T, R, generator=g, requires_grad=True) for _ in range(3))
     for chunk in (32, 128, 512):

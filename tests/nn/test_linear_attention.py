@@ -163,18 +163,19 @@ def test_ridge_proxy_solves_equal_dense_solves_with_gradients(with_state):
     """The chunked ridge inverse for X₁ = A⁻¹[c, m] and X₂ = A⁻¹ swap(X₁), and the backward pass
     through a reverse prefix-linear pass: against explicit Grams with torch.linalg.solve (values and
     gradients, float64) and finite differences (gradcheck)."""
-    from sympformer.nn.linear_attention import _RidgeProxySolves
+    from sympformer.nn.linear_attention import _RidgeProxySolves, swap_systems
 
     g = torch.Generator().manual_seed(4)
-    kq = torch.randn(1, 2, 19, 2, 4, generator=g, dtype=torch.float64, requires_grad=True)  # two chunks, ragged
-    rhs = torch.randn(1, 2, 19, 2, 4, generator=g, dtype=torch.float64, requires_grad=True)
-    state = torch.eye(4, dtype=torch.float64).expand(1, 2, 2, 4, 4).clone() if with_state else None
+    # two heads' K and Q systems, (1, 4, 19, 4): two chunks, ragged
+    kq = torch.randn(1, 4, 19, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    rhs = torch.randn(1, 4, 19, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    state = torch.eye(4, dtype=torch.float64).expand(1, 4, 4, 4).clone() if with_state else None
     second, last = _RidgeProxySolves.apply(kq, rhs, 0.1, state, 4)
 
     systems = _explicit_ridge_systems(kq, 0.1, state)
     grams = systems - 0.1 * torch.eye(4, dtype=torch.float64)
     first = torch.linalg.solve(systems, rhs)
-    expected = torch.linalg.solve(systems, first.flip(-2))
+    expected = torch.linalg.solve(systems, swap_systems(first))
     torch.testing.assert_close(second, expected, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(last, grams[:, :, -1], rtol=1e-12, atol=1e-12)
     weights = torch.randn(second.shape, generator=g, dtype=torch.float64)
@@ -202,9 +203,9 @@ def test_chunked_ridge_inverse_solves_equal_dense_solves(length, chunk):
     from sympformer.nn.linear_attention import apply_ridge_inverse, chunked_ridge_inverse
 
     g = torch.Generator().manual_seed(5)
-    a = torch.randn(2, 3, length, 2, 5, generator=g, dtype=torch.float64)
-    rhs = torch.randn(2, 3, length, 2, 5, generator=g, dtype=torch.float64)
-    state = torch.randn(2, 3, 2, 5, 5, generator=g, dtype=torch.float64)
+    a = torch.randn(2, 6, length, 5, generator=g, dtype=torch.float64)
+    rhs = torch.randn(2, 6, length, 5, generator=g, dtype=torch.float64)
+    state = torch.randn(2, 6, 5, 5, generator=g, dtype=torch.float64)
     state = state @ state.mT
     for st in (None, state):
         systems = _explicit_ridge_systems(a, 0.1, st)
@@ -219,16 +220,16 @@ def test_ridge_proxy_solves_stay_accurate_on_ill_conditioned_float32_keys():
     A_i up to ~1e6 with λ = 1e-3): both solves of the connection proxy stay within float32's rounding
     of the float64 answer (the inverses run in float64), where per-position float32 LU solves of the
     same systems are off by far more (the case is hard)."""
-    from sympformer.nn.linear_attention import _RidgeProxySolves
+    from sympformer.nn.linear_attention import _RidgeProxySolves, swap_systems
 
     g = torch.Generator().manual_seed(6)
-    kq = torch.randn(2, 2, 256, 2, 16, generator=g) * torch.logspace(0, -2, 16) * 8
-    rhs = torch.randn(2, 2, 256, 2, 16, generator=g)
+    kq = torch.randn(2, 4, 256, 16, generator=g) * torch.logspace(0, -2, 16) * 8
+    rhs = torch.randn(2, 4, 256, 16, generator=g)
     systems = _explicit_ridge_systems(kq.double(), 1e-3)
-    want = torch.linalg.solve(systems, torch.linalg.solve(systems, rhs.double()).flip(-2))
+    want = torch.linalg.solve(systems, swap_systems(torch.linalg.solve(systems, rhs.double())))
     got, _ = _RidgeProxySolves.apply(kq, rhs, 1e-3, None, 32)
     float32_systems = systems.float()
-    lu = torch.linalg.solve(float32_systems, torch.linalg.solve(float32_systems, rhs).flip(-2))
+    lu = torch.linalg.solve(float32_systems, swap_systems(torch.linalg.solve(float32_systems, rhs)))
     error = lambda x: ((x.double() - want).norm(dim=-1) / want.norm(dim=-1)).max().item()
     assert got.dtype == torch.float32
     assert error(got) < 1e-6

@@ -90,17 +90,24 @@ def _unchunked(x: Tensor, length: int) -> Tensor:
     return x.flatten(2, 3)[:, :, :length]
 
 
-def _masked_scores(qc: Tensor, kc: Tensor, reverse: bool) -> Tensor:
+def _masked_scores(qc: Tensor, kc: Tensor, reverse: bool, group: int = 1) -> Tensor:
+    """q kᵀ within each chunk, masked to the keys a query sees (``group`` keys to a position)."""
     scores = qc @ kc.mT  # masked in place: a product saves its inputs, not its output
-    return scores.triu_() if reverse else scores.tril_()
+    if group == 1:
+        return scores.triu_() if reverse else scores.tril_()
+    seen = torch.ones(qc.shape[-2], qc.shape[-2], dtype=torch.bool, device=qc.device)
+    seen = (seen.triu() if reverse else seen.tril()).repeat_interleave(group, dim=1)
+    return scores.masked_fill_(~seen, 0)
 
 
-def _prefix_linear_terms(q, k, v, chunk, state, reverse):
-    """The forward pass of :func:`prefix_linear`: (out, total, the state each chunk's queries read)."""
+def _prefix_linear_terms(q, k, v, chunk, state, reverse, group=1):
+    """The forward pass of :func:`prefix_linear`: (out, total, the state each chunk's queries read).
+    ``group``: k and v hold ``group`` entries per position, side by side (length T·group), and
+    out_i = q_i · Σ_{j≤i} Σ_p k_jp v_jpᵀ (j ≥ i when ``reverse``): several key/value pairs at once."""
     t = q.shape[2]
     chunk = min(chunk, t)  # a short input (a generated token) is one chunk, not padded to a long one
-    qc, kc, vc = (_chunked(x, chunk) for x in (q, k, v))
-    intra = _masked_scores(qc, kc, reverse) @ vc
+    qc, kc, vc = _chunked(q, chunk), _chunked(k, chunk * group), _chunked(v, chunk * group)
+    intra = _masked_scores(qc, kc, reverse, group) @ vc
     chunk_states = kc.mT @ vc
     through = torch.cumsum(chunk_states, dim=2)  # the state through each chunk
     if reverse:
@@ -164,7 +171,8 @@ def chunked_ridge_inverse(
     a: Tensor, ridge: float, state: Tensor | None = None, chunk: int = 16
 ) -> tuple[Tensor, Tensor, Tensor]:
     r"""The inverses P_i = (A_i)⁻¹ of A_i = state + Σ_{j≤i} a_j a_jᵀ + λI at every position i of a
-    (B, H, T, m, r), in a form that never holds one r×r matrix per position.
+    (B, S, T, r) (S independent systems, say heads), in a form that never holds one r×r matrix per
+    position.
 
     By chunks of c positions. Before a chunk (after position s) one batched LU inverse P_s = A_s⁻¹;
     within it the chunk's rows K (c×r) enter by Woodbury: with M = I + K P_s Kᵀ = R Rᵀ (Cholesky;
@@ -174,9 +182,11 @@ def chunked_ridge_inverse(
 
     because the leading j×j block of the lower-triangular R factors the leading block of M. A solve
     is then one product with P_s and one masked pass within the chunk (:func:`apply_ridge_inverse`).
-    Returns (P_s per chunk (B, H, n, m, r, r), Uᵀ per chunk (B, H, n, m, c, r), the last prefix Gram
-    without the ridge, for the generation cache)."""
-    rows = _chunked(a, min(chunk, a.shape[2])).transpose(3, 4)  # K per chunk: (B, H, n, m, c, r)
+    Returns (P_s per chunk (B, S, n, r, r), Uᵀ per chunk (B, S, n, c, r), the last prefix Gram
+    without the ridge (B, S, r, r), for the generation cache). The systems lie before the positions
+    so that every chunk is contiguous: with the (…, T, m, r) layout this replaced, the chunk
+    transposes' copies and strided products cost 18 % more in `_RidgeProxySolves` (one-off timing)."""
+    rows = _chunked(a, min(chunk, a.shape[2]))  # K per chunk: (B, S, n, c, r)
     totals = rows.mT @ rows
     before = torch.cumsum(totals, dim=2) - totals  # the Gram before each chunk
     if state is not None:
@@ -194,15 +204,21 @@ def chunked_ridge_inverse(
 
 
 def apply_ridge_inverse(start: Tensor, updates: Tensor, rhs: Tensor) -> Tensor:
-    """P_i x_i at every position i of a (B, H, T, m, r) ``rhs``, from :func:`chunked_ridge_inverse`'s
+    """P_i x_i at every position i of a (B, S, T, r) ``rhs``, from :func:`chunked_ridge_inverse`'s
     P_s and Uᵀ: x_i P_s − Σ_{k≤j} (x_i·u_k) u_kᵀ, with i the j-th position of its chunk."""
-    x = _chunked(rhs, updates.shape[-2]).transpose(3, 4)  # (B, H, n, m, c, r)
+    x = _chunked(rhs, updates.shape[-2])  # (B, S, n, c, r)
     out = x @ start - (x @ updates.mT).tril_() @ updates
-    return _unchunked(out.transpose(3, 4), rhs.shape[2])
+    return _unchunked(out, rhs.shape[2])
+
+
+def swap_systems(x: Tensor) -> Tensor:
+    """(B, 2H, …) with the K systems' heads first and the Q systems' after: the two halves exchanged."""
+    return x.unflatten(1, (2, -1)).flip(1).flatten(1, 2)
 
 
 class _RidgeProxySolves(torch.autograd.Function):
-    r"""The ridge solves of the connection proxy at every position i, for a = [k, q] (B, H, T, 2, r):
+    r"""The ridge solves of the connection proxy at every position i, for a = [k, q] (B, 2H, T, r), the
+    K systems' heads first:
 
         A_i = [G_KK, G_QQ]_i + λI = state + Σ_{j≤i} a_j a_jᵀ + λI     (prefix Grams)
         X₁ = A⁻¹ [c, m] = [P_K c, P_Q m],   X₂ = A⁻¹ swap(X₁) = [P_K P_Q m, P_Q P_K c]
@@ -222,7 +238,7 @@ class _RidgeProxySolves(torch.autograd.Function):
         with torch.autocast(a.device.type, enabled=False):
             start, updates, last = chunked_ridge_inverse(a.to(SOLVE_DTYPE), ridge, state, RIDGE_CHUNK)
             first = apply_ridge_inverse(start, updates, rhs.to(SOLVE_DTYPE))
-            second = apply_ridge_inverse(start, updates, first.flip(-2))
+            second = apply_ridge_inverse(start, updates, swap_systems(first))
         first, second = first.to(a.dtype), second.to(a.dtype)
         ctx.save_for_backward(a, start, updates, first, second)
         ctx.chunk = chunk
@@ -235,16 +251,15 @@ class _RidgeProxySolves(torch.autograd.Function):
         a, start, updates, first, second = ctx.saved_tensors
         with torch.autocast(a.device.type, enabled=False):
             bar2 = apply_ridge_inverse(start, updates, grad_second.to(SOLVE_DTYPE))
-            bar1 = apply_ridge_inverse(start, updates, bar2.flip(-2))
+            bar1 = apply_ridge_inverse(start, updates, swap_systems(bar2))
             bar2, bar1 = bar2.to(a.dtype), bar1.to(a.dtype)
             # ā_j = −Σ_{i≥j} [Ȳ₂ (X₂·a_j) + X₂ (Ȳ₂·a_j) + Ȳ₁ (X₁·a_j) + X₁ (Ȳ₁·a_j)]_i: one suffix pass
-            # with the four pairs as heads
-            b, h, t, two, r = a.shape
-            heads = lambda *ts: torch.stack(ts, 3).permute(0, 1, 3, 4, 2, 5).reshape(b, -1, t, r)
-            query = heads(a, a, a, a)
-            keys, values = heads(second, bar2, first, bar1), heads(bar2, second, bar1, first)
-            out, _ = prefix_linear(query, keys, values, min(ctx.chunk, 32), reverse=True)  # r = 16: short chunks
-            grad_a = out.reshape(b, h, 4, two, t, r).sum(2).permute(0, 1, 3, 2, 4)
+            # with the four key/value pairs side by side at each position
+            b, systems, t, r = a.shape
+            pairs = lambda *ts: torch.stack(ts, 3).reshape(b, systems, t * 4, r)
+            keys, values = pairs(second, bar2, first, bar1), pairs(bar2, second, bar1, first)
+            # chunks of 16 positions (64 keys): the fastest of 8–64 (benchmarks/kernels.py)
+            grad_a, _, _ = _prefix_linear_terms(a, keys, values, min(ctx.chunk, 16), None, True, group=4)
         return -grad_a, bar1, None, None, None
 
 
@@ -309,10 +324,10 @@ class PrefixLinearAttention(AttentionBase):
         m = self.split_heads(prefix("m", u.unsqueeze(1), u.unsqueeze(1), self.merge_heads(q).unsqueeze(1)).squeeze(1))
         # b_i = P_Q P_K c_i and P_K P_Q m_i: the ridge systems of the prefix Grams [G_KK, G_QQ] + λI
         solve_dtype = torch.promote_types(q.dtype, torch.float32)  # the solves themselves run in float64
-        kq, rhs = torch.stack([k, q], 3).to(solve_dtype), torch.stack([c, m], 3).to(solve_dtype)
+        kq, rhs = torch.cat([k, q], 1).to(solve_dtype), torch.cat([c, m], 1).to(solve_dtype)  # (B, 2H, T, r)
         second, last_gram = _RidgeProxySolves.apply(kq, rhs, RIDGE, self._state("grams"), self.chunk)
         self._keep("grams", last_gram)
-        pkpq_m, b = second.unbind(3)
+        pkpq_m, b = second.split(heads, 1)
         # t2_i = W_Kᵀ G_QK P_K P_Q m_i / r^{1/4}, with G_QK y = Σ_{j≤i} q_j (k_j·y)
         inner = prefix("qk", pkpq_m, k, q)
         n = self.c_attn.out_features // 3
