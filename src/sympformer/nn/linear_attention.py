@@ -185,7 +185,7 @@ def chunked_ridge_inverse(
     Returns (P_s per chunk (B, S, n, r, r), Uᵀ per chunk (B, S, n, c, r), the last prefix Gram
     without the ridge (B, S, r, r), for the generation cache). The systems lie before the positions
     so that every chunk is contiguous: with the (…, T, m, r) layout this replaced, the chunk
-    transposes' copies and strided products cost 18 % more in `_RidgeProxySolves` (one-off timing)."""
+    transposes' copies and strided products cost 22 % more in `_RidgeProxySolves` (one-off timing)."""
     rows = _chunked(a, min(chunk, a.shape[2]))  # K per chunk: (B, S, n, c, r)
     totals = rows.mT @ rows
     before = torch.cumsum(totals, dim=2) - totals  # the Gram before each chunk
