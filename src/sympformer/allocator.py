@@ -14,7 +14,7 @@ handed back fragments.
 It matters for a workload that frees blocks above 32 MiB every step, such as a plain (tokens × 50k)
 logit matrix: `benchmarks/vs_transformers.py` runs GPT-2 both ways. sympformer's own training step
 no longer does (the fused loss reuses one logits buffer; the trainer's AdamW is fused): tuning
-measured 0.94–1.20× over four runs of ``benchmarks/allocator.py``, within the machine's drift between
+measured 0.92–1.21× over six runs of ``benchmarks/allocator.py``, within the machine's drift between
 processes (RESULTS.md, "CPU allocator"; before those fixes it was 1.29–1.46× at the vocabulary-heavy
 shapes). So it is **opt-in**: ``SYMPFORMER_CPU_ALLOCATOR=tuned`` makes the ``sympformer`` command and
 the benchmark scripts call it (:func:`apply_allocator_choice`), and library users may call
