@@ -11,7 +11,11 @@ variant of one question timed in the same process):
   with r = 16 features and 4 heads (the attention itself, the `linear_chunk` setting) by chunk length;
 - the CPU flash kernel: B's 4 heads × 32, one 128-wide head (the v1 oracle) and 129 wide with one
   more key and query (the v1 sentinel pass); the gradient of its log-normaliser through one more
-  column or folded into the output;
+  column or folded into the output; B's attention through SDPA's math backend (the T × T matrix
+  materialised) against its flash kernel;
+- the v1 oracle's (y, y2, L) (two softmax averages, the second with weights that depend on L): two
+  flash calls (the previous choice) against the materialised pass of `nn/prefix_force_kernel.py` by
+  row block, and L alone (a last layer whose force is not read) either way;
 - one chunk of the fused head + cross-entropy (the primary shape's 333 tokens × 50 304 logits turned
   into the loss and softmax − one-hot): separate max, subtract, exponential, sum and scale passes (the
   previous choice) against PyTorch's softmax kernel written over the logits; and the whole fused loss
@@ -30,11 +34,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from sympformer import softmax_ops
 from sympformer.allocator import apply_allocator_choice
 from sympformer.benchmarking import write_section
 from sympformer.nn import loss as loss_module
+from sympformer.nn import prefix_force_kernel
 from sympformer.nn.linear_attention import (
     _prefix_linear_terms,
     _RidgeProxySolves,
@@ -43,7 +49,7 @@ from sympformer.nn.linear_attention import (
     prefix_linear,
     swap_systems,
 )
-from sympformer.softmax_ops import softmax_average_with_normaliser
+from sympformer.softmax_ops import softmax_average, softmax_average_with_normaliser
 from sympformer.utils import markdown_table
 
 B, H, T, R = 4, 4, 512, 16  # the linear shape's batch, heads, context and head width
@@ -68,6 +74,15 @@ def backward(fn, *inputs):
         sum(o.sum() for o in outputs if o.requires_grad).backward()
 
     return run
+
+
+def _two_flash_calls(q, k, w, kinetic, scale):
+    """The v1 oracle's (y, y2, L) as before the materialised pass: (y, L) from one flash call, then
+    y2 = Σ P s w with s = kinetic / z² from a second."""
+    y, log_norm = softmax_average_with_normaliser(q, k, w, None, scale=scale, causal=True)
+    s = kinetic * prefix_force_kernel._inverse_z_squared(log_norm.squeeze(1))
+    y2 = softmax_average(q, k, s[:, None, :, None] * w, scale=scale, causal=True)
+    return y, y2, log_norm
 
 
 def _sum_average_and_normaliser(q, k, v, weights):
@@ -199,6 +214,29 @@ def main() -> None:
         x = [torch.randn(B, heads, length, width, generator=g, requires_grad=True) for _ in range(3)]
         attention = lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True)
         rows.append([label, milliseconds(backward(attention, *x), args.repeats)])
+        if heads == 4:
+            label = "… the same through SDPA's math backend (the T × T matrix materialised)"
+            with sdpa_kernel(SDPBackend.MATH):
+                rows.append([label, milliseconds(backward(attention, *x), args.repeats)])
+
+    # the v1 oracle at the v1 shape: one head of width 128, score scale 1 / (4 √32)
+    scale = 1 / (4 * 32**0.5)
+    q, k, w = (0.5 * torch.randn(B, 1, T, 128, generator=g) for _ in range(3))
+    q, k, w = (t.requires_grad_(True) for t in (q, k, w))
+    kinetic = torch.rand(B, T, generator=g, requires_grad=True)
+    label = "v1 oracle (y, y2, L), 1 head × 128, forward + backward: two flash calls"
+    rows.append([label, milliseconds(backward(_two_flash_calls, q, k, w, kinetic, scale), args.repeats)])
+    for block in (64, 128, 256):
+        used = " (used)" if block == prefix_force_kernel.ROW_BLOCK else ""
+        fused = lambda q, k, w, b, block=block: prefix_force_kernel.prefix_force_averages(q, k, w, b, scale, block)
+        label = f"… one materialised pass, row block {block}{used}"
+        rows.append([label, milliseconds(backward(fused, q[:, 0], k[:, 0], w[:, 0], kinetic), args.repeats)])
+    only_flash = lambda q, k, w: softmax_average_with_normaliser(q, k, w, None, scale=scale, causal=True)[1]
+    label = "v1 oracle L alone (the force not read), forward + backward: one flash call"
+    rows.append([label, milliseconds(backward(only_flash, q, k, w), args.repeats)])
+    only = lambda q, k: prefix_force_kernel.prefix_log_normaliser(q, k, scale)
+    label = "… the materialised pass (used)"
+    rows.append([label, milliseconds(backward(only, q[:, 0], k[:, 0]), args.repeats)])
 
     # the v1 oracle's first pass returns the average and L; dL reaches the kernel's backward pass either
     # through one more column or folded into the output it is handed (softmax_ops._fold_log_norm_gradient)

@@ -97,7 +97,7 @@ def profile_cases(cases: list[str], rows: int, rounds: int = 3) -> dict[str, str
 FLASH = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 FLASH_BACKWARD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
 FLASH_NAME = "aten::_scaled_dot_product_flash_attention_for_cpu"
-REPLAYED = ("aten::mm", "aten::bmm", "aten::addmm", FLASH_NAME, FLASH_NAME + "_backward")
+REPLAYED = ("aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm_", FLASH_NAME, FLASH_NAME + "_backward")
 LAYER_NORMS = ("aten::native_layer_norm", "aten::native_layer_norm_backward")
 
 
@@ -124,6 +124,8 @@ def replay(calls: list[tuple[str, list, list]]):
             prepared.append(functools.partial(product, *map(rand, shapes[:2]), **out))
         elif name == "aten::addmm":
             prepared.append(functools.partial(torch.addmm, *map(rand, shapes[:3])))
+        elif name == "aten::baddbmm_":  # an accumulating product (the v1 oracle's materialised backward)
+            prepared.append(functools.partial(torch.Tensor.baddbmm_, *map(rand, shapes[:3])))
         elif name == "aten::native_layer_norm":  # (input, normalized shape, weight, bias, eps)
             x, weight, bias = rand(shapes[0]), optional(shapes[2]), optional(shapes[3])
             prepared.append(functools.partial(torch.native_layer_norm, x, scalars[1], weight, bias, scalars[4]))

@@ -214,7 +214,11 @@ def test_training_refuses_the_leaky_witness(tmp_path):
 
 def test_prefix_oracle_fallback_centre_gives_the_same_force(monkeypatch):
     """Forcing the entropy-bounded fallback (as when the diagonal-centred sentinel underflows) changes
-    nothing but the path, with and without the generation cache."""
+    nothing but the path, with and without the generation cache (the flash path: on CPU the
+    materialised pass serves calls without a cache, and its L needs no fallback)."""
+    from sympformer.nn import v1_oracles
+
+    monkeypatch.setattr(v1_oracles, "materialised_applies", lambda q: False)
     torch.manual_seed(4)
     oracle = CausalPrefixForce(8, 2, bias=False).double()
     x = torch.randn(1, 6, 8, dtype=torch.float64)

@@ -7,9 +7,10 @@ CausalPrefixForce (notes §7; the default): one kernel shared by the heads,
     S_ij = mean_h ⟨q_i^h, k_j^h⟩ / √d_h (j ≤ i),  E_ij = e^{S_ij},  z_i = (1/i) Σ_{j≤i} E_ij,
     F_i = B_θ p_i / z_i,  s_i = ⟨B_θ p_i, p_i⟩ / z_i²,
     G_i = W_O( (1/(2i)) Σ_{j≤i} E_ij (s_i + s_j + 2) w_j ),  w = W_V x.
-  Fast path: (1/i) Σ_j E_ij v_j = z_i Σ_j P_ij v_j with P the causal softmax: one SDPA call on the
-  values w that also returns log z (the CPU kernel's own normaliser, else a sentinel key), then one
-  call on s w.
+  (1/i) Σ_j E_ij v_j = z_i Σ_j P_ij v_j with P the causal softmax. On CPU (float32/64, eager, no
+  generation cache) one materialised pass gives log z, Σ P w and Σ P s w (:mod:`prefix_force_kernel`);
+  elsewhere one flash call on the values w that also returns log z (the CPU kernel's own normaliser,
+  else a sentinel key), then one on s w.
 
 PrefixLinearForce (notes §2.4 with the prefix count 1/i in place of v1's 1/T):
     F_i = (1/i) Σ_{j≤i} ((A x_i)·x_j) p_j,   G_i = −(1/i) Σ_{j≤i} (p_i·p_j) A x_j + V x_i.
@@ -30,6 +31,7 @@ from torch import Tensor, nn
 from sympformer.integrators.oracle import Evaluation
 from sympformer.nn.attention import CallCounter, CausalSelfAttention
 from sympformer.nn.linear_attention import prefix_linear
+from sympformer.nn.prefix_force_kernel import materialised_applies, prefix_force_averages, prefix_log_normaliser
 
 
 class CausalPrefixForce(CausalSelfAttention):
@@ -50,27 +52,45 @@ class CausalPrefixForce(CausalSelfAttention):
         """F, G and the velocity map at (x, p); F and the map multiplied by ``velocity_scale`` (folded
         into the per-token factor 1/z, so the scale costs no pass over the stream)."""
         q, k, w = self.project(x)
-        # one kernel call gives Σ_j P_ij w_j and L_i = log Σ_{j≤i} E_ij: on CPU the fused kernel's own L;
-        # elsewhere a sentinel key centred on the diagonal score s_ii (always visible, L_i ≥ s_ii). If a
-        # row's mass sits ≳ 80 nats above its diagonal (float32 underflow of the sentinel), that layer
-        # falls back to the entropy-bounded centre (one more call). Under torch.compile the check is
-        # skipped (a data-dependent branch would break the graph): such a layer gives a non-finite loss,
-        # which stops training with the last good checkpoint kept
-        (w_avg,), log_norm = self.aggregate_with_normaliser(q, k, [w], self.diagonal_score)
-        if not torch.compiler.is_compiling() and not bool(torch.isfinite(log_norm).all()):
-            log_norm = self.log_normaliser(q, k, self.expected_score(q, k))
-        log_z = (log_norm - torch.log(self.positions(q.shape[-2], log_norm))).squeeze(1)  # (B, T)
+        bp = p @ self.b_theta.T
+        kinetic = torch.linalg.vecdot(bp, p) if need_force else None  # ⟨B p_i, p_i⟩
+        materialised = self.cache is None and materialised_applies(q)
+        if materialised:
+            log_norm, w_avg, sw_avg = self._materialised_averages(q, k, w, kinetic)
+        else:
+            (w_avg,), log_norm = self._average_with_normaliser(q, k, w)
+        log_z = log_norm - torch.log(self.positions(q.shape[-2], log_norm))  # (B, T)
         inv_z = torch.exp(-log_z)
         velocity_factor = (velocity_scale * inv_z).unsqueeze(-1)
-        bp = p @ self.b_theta.T
         velocity_map = lambda p_new: (p_new @ self.b_theta.T) * velocity_factor
         if not need_force:
             return Evaluation(bp * velocity_factor, torch.zeros_like(p), velocity_map)
-        s = torch.linalg.vecdot(bp, p) * inv_z.square()  # ⟨B p_i, p_i⟩ / z_i²
-        s = s[:, None, :, None]
-        (sw_avg,) = self.aggregate(q, k, [s * w], new_softmax=False, slot="second")
+        s = (kinetic * inv_z.square())[:, None, :, None]  # ⟨B p_i, p_i⟩ / z_i²
+        if not materialised:
+            (sw_avg,) = self.aggregate(q, k, [s * w], new_softmax=False, slot="second")
         inner = torch.addcmul(sw_avg, s + 2, w_avg) * (0.5 * torch.exp(log_z))[:, None, :, None]
         return Evaluation(bp * velocity_factor, self.output(inner), velocity_map)
+
+    def _materialised_averages(self, q: Tensor, k: Tensor, w: Tensor, kinetic: Tensor | None):
+        """(L, Σ_j P_ij w_j, Σ_j P_ij s_j w_j) from ONE materialised pass (:mod:`prefix_force_kernel`);
+        without a force (``kinetic`` None), L alone."""
+        self.count(evaluations=1, kernel_calls=1)
+        if kinetic is None:
+            return prefix_log_normaliser(q[:, 0], k[:, 0], self.scale), None, None
+        w_avg, sw_avg, log_norm = prefix_force_averages(q[:, 0], k[:, 0], w[:, 0], kinetic, self.scale)
+        return log_norm, w_avg.unsqueeze(1), sw_avg.unsqueeze(1)
+
+    def _average_with_normaliser(self, q: Tensor, k: Tensor, w: Tensor) -> tuple[list[Tensor], Tensor]:
+        """([Σ_j P_ij w_j], L of shape (B, T)) from one fused kernel call (flash path)."""
+        # on CPU the fused kernel's own L; elsewhere a sentinel key centred on the diagonal score s_ii
+        # (always visible, L_i ≥ s_ii). If a row's mass sits ≳ 80 nats above its diagonal (float32
+        # underflow of the sentinel), that layer falls back to the entropy-bounded centre (one more call).
+        # Under torch.compile the check is skipped (a data-dependent branch would break the graph): such
+        # a layer gives a non-finite loss, which stops training with the last good checkpoint kept
+        averages, log_norm = self.aggregate_with_normaliser(q, k, [w], self.diagonal_score)
+        if not torch.compiler.is_compiling() and not bool(torch.isfinite(log_norm).all()):
+            log_norm = self.log_normaliser(q, k, self.expected_score(q, k))
+        return averages, log_norm.squeeze(1)
 
 
 class PrefixLinearForce(CallCounter, nn.Module):

@@ -1,0 +1,156 @@
+"""The materialised prefix-force pass against a dense float64 softmax written with plain autograd ops:
+values, gradients for every subset of outputs used, ragged row blocks, extreme scores; and the v1
+oracle and model the same on both of their paths (the materialised pass and two flash calls)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from sympformer.nn import SympFormerConfig, SympFormerLM, v1_oracles
+from sympformer.nn.prefix_force_kernel import materialised_applies, prefix_force_averages, prefix_log_normaliser
+from sympformer.nn.v1_oracles import CausalPrefixForce
+
+
+def dense_prefix_force(q, k, w, b, scale):
+    """(y, y2, L) of the kernel's docstring with the whole T × T score matrix, by autograd."""
+    length = q.shape[-2]
+    scores = (scale * q @ k.mT).masked_fill(torch.ones(length, length, dtype=torch.bool).triu(1), float("-inf"))
+    log_norm = torch.logsumexp(scores, -1)
+    probs = torch.exp(scores - log_norm.unsqueeze(-1))
+    positions = torch.arange(1, length + 1, dtype=q.dtype)
+    s = b * (positions * torch.exp(-log_norm)).square()
+    return probs @ w, probs @ (s.unsqueeze(-1) * w), log_norm
+
+
+def inputs(length=37, width=8, dtype=torch.float64, seed=0, spread=1.0):
+    g = torch.Generator().manual_seed(seed)
+    q, k, w = (spread * torch.randn(2, length, width, generator=g, dtype=dtype) for _ in range(3))
+    b = torch.rand(2, length, generator=g, dtype=dtype)
+    return [t.requires_grad_(True) for t in (q, k, w, b)]
+
+
+def weighted_sum(outputs, used, seed=5):
+    """Σ ⟨weights, out⟩ over the used outputs, the same weights in any dtype (drawn in float64)."""
+    g = torch.Generator().manual_seed(seed)
+    weights = [torch.randn(out.shape, generator=g, dtype=torch.float64) for out in outputs]
+    return sum((out * weight.to(out.dtype)).sum() for out, weight, u in zip(outputs, weights, used, strict=True) if u)
+
+
+@pytest.mark.parametrize("length,block", [(37, 16), (37, 128), (1, 4), (32, 8)])
+def test_averages_and_normaliser_equal_dense_softmax(length, block):
+    q, k, w, b = inputs(length)
+    got = prefix_force_averages(q, k, w, b, 0.3, block)
+    want = dense_prefix_force(q, k, w, b, 0.3)
+    for g, r in zip(got, want, strict=True):
+        torch.testing.assert_close(g, r, rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("used", [u for u in itertools.product([True, False], repeat=3) if any(u)])
+def test_gradients_equal_dense_softmax_for_every_subset_of_outputs(used):
+    """Unused outputs reach the backward pass as None (y2 alone still moves L through s)."""
+    q, k, w, b = inputs()
+    unused_is_zero = dict(allow_unused=True, materialize_grads=True)  # b is unused without y2
+    got = prefix_force_averages(q, k, w, b, 0.3, 16)
+    grads = torch.autograd.grad(weighted_sum(got, used), (q, k, w, b), **unused_is_zero)
+    want = torch.autograd.grad(weighted_sum(dense_prefix_force(q, k, w, b, 0.3), used), (q, k, w, b), **unused_is_zero)
+    for g, r in zip(grads, want, strict=True):
+        torch.testing.assert_close(g, r, rtol=0, atol=1e-12)
+
+
+def test_normaliser_alone_equals_logsumexp_with_gradients():
+    q, k, _, _ = inputs(length=21)
+    log_norm = prefix_log_normaliser(q, k, 0.3, block=8)
+    want = dense_prefix_force(q, k, q, q[..., 0], 0.3)[2]
+    torch.testing.assert_close(log_norm, want, rtol=0, atol=1e-13)
+    grads = torch.autograd.grad(weighted_sum([log_norm], [True]), (q, k))
+    for g, r in zip(grads, torch.autograd.grad(weighted_sum([want], [True]), (q, k)), strict=True):
+        torch.testing.assert_close(g, r, rtol=0, atol=1e-12)
+
+
+def test_passes_gradcheck():
+    q, k, w, b = inputs(length=11, width=3)
+    assert torch.autograd.gradcheck(lambda *t: prefix_force_averages(*t, 0.7, 4), (q, k, w, b))
+    assert torch.autograd.gradcheck(lambda q, k: prefix_log_normaliser(q, k, 0.7, 4), (q, k))
+
+
+def test_float32_at_extreme_scores_tracks_float64():
+    """Scores spread over hundreds of nats (rows dominated by a key far above the diagonal): the row
+    maxima keep every exponent ≤ 0, and L, y and the gradients stay finite and close to float64. A
+    constant column shifts every score by +400, so that L ≥ 0 and s = b / z² stays representable (at
+    L ≈ −300 it is ≈ e^600 in any implementation)."""
+    q, k, w, b = inputs(length=40, spread=6.0)
+    with torch.no_grad():
+        q, k = (torch.cat([t, torch.full_like(t[..., :1], 20.0)], -1).requires_grad_(True) for t in (q, k))
+    want = dense_prefix_force(q, k, w, b, 1.0)
+    scores = (q @ k.mT).detach()
+    assert scores.max() - scores.min() > 500 and want[2].min() > 0
+    single = [t.detach().float().requires_grad_(True) for t in (q, k, w, b)]
+    got = prefix_force_averages(*single, 1.0, 16)
+    for g, r in zip(got, want, strict=True):
+        assert torch.isfinite(g).all()
+        torch.testing.assert_close(
+            g.double(), r, rtol=1e-4, atol=max(1e-4 * r.abs().max().item(), 1e-30)
+        )  # y2 ≈ 1e-300
+    grads = torch.autograd.grad(weighted_sum(got, [True] * 3), single)
+    want_grads = torch.autograd.grad(weighted_sum(want, [True] * 3), (q, k, w, b))
+    for g, r in zip(grads, want_grads, strict=True):
+        assert torch.isfinite(g).all()
+        torch.testing.assert_close(g.double(), r, rtol=1e-3, atol=max(1e-3 * r.abs().max().item(), 1e-30))
+
+
+def test_applies_on_cpu_in_float_precision_outside_autocast_only():
+    q = torch.randn(2, 5, 4)
+    assert materialised_applies(q) and materialised_applies(q.double())
+    assert not materialised_applies(q.bfloat16())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not materialised_applies(q)
+
+
+def flash_only(monkeypatch):
+    monkeypatch.setattr(v1_oracles, "materialised_applies", lambda q: False)
+
+
+def test_oracle_is_the_same_on_both_paths_with_gradients(monkeypatch):
+    torch.manual_seed(2)
+    oracle = CausalPrefixForce(8, 2, bias=True).double()
+    with torch.no_grad():
+        oracle.b_theta.add_(0.1 * torch.randn(8, 8, dtype=torch.float64))
+    x = torch.randn(2, 9, 8, dtype=torch.float64, requires_grad=True)
+    p = torch.randn(2, 9, 8, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(2, 9, 8, dtype=torch.float64)
+    results = []
+    for patch in (False, True):
+        if patch:
+            flash_only(monkeypatch)
+        oracle.reset_counters()
+        ev = oracle.evaluate(x, p, velocity_scale=0.7)
+        total = (ev.force * weights).sum() + (ev.velocity * weights.flip(-1)).sum()
+        grads = torch.autograd.grad(total, (x, p, *oracle.parameters()))
+        results.append((ev.velocity, ev.force, *grads, oracle.kernel_calls))
+    (*materialised, calls_m), (*flash, calls_f) = results
+    for got, want in zip(materialised, flash, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    assert (calls_m, calls_f) == (1, 2)  # one pass against two flash calls
+
+
+@pytest.mark.parametrize("arch", ["v1_fe", "v1_pe", "v1_doubling"])
+def test_v1_model_loss_and_gradients_are_the_same_on_both_paths(arch, monkeypatch):
+    """Whole models (for fe, the last layer needs L alone) in float64."""
+    config = SympFormerConfig(vocab_size=31, n_layer=3, n_head=2, n_embd=8, block_size=16, arch=arch)
+    idx = torch.randint(0, 31, (2, 12), generator=torch.Generator().manual_seed(0))
+    results = []
+    for patch in (False, True):
+        if patch:
+            flash_only(monkeypatch)
+        torch.manual_seed(0)
+        model = SympFormerLM(config).double()
+        _, loss = model(idx, idx)
+        loss.backward()
+        results.append((loss.detach(), [q.grad for q in model.parameters()]))
+    (loss_m, grads_m), (loss_f, grads_f) = results
+    torch.testing.assert_close(loss_m, loss_f, rtol=0, atol=1e-12)
+    for got, want in zip(grads_m, grads_f, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
