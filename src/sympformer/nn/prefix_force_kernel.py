@@ -23,7 +23,12 @@ into row j's score gradient, which is therefore ready only after all later rows 
 
 On a 2-core CPU at the v1 benchmark shape (4 × 512 × 128) this is faster than the two flash calls
 (benchmarks/kernels.py measures both); for multi-head attention of width 32 the flash kernel stays
-faster, so baseline attention keeps it.
+faster, so baseline attention keeps it (at the heavy shape's 4 heads × 64 too, one-off).
+
+Under torch.compile the oracle keeps the two flash calls, which inductor traces: this pass would be a
+graph break, and dynamo then runs the whole block loop eagerly. (Tried with ``torch.compiler.disable``
+around it, one-off: compiled v1_fe went from 1.30× to 1.10× compiled B, but compiled v1_pe ran slower
+than eager.)
 """
 
 from __future__ import annotations
