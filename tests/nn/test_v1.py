@@ -51,7 +51,14 @@ def prefix_force_reference(oracle: CausalPrefixForce, heads: int, x, p):
     return velocity, force
 
 
-def test_causal_prefix_oracle_equals_dense_reference():
+@pytest.mark.parametrize("path", ["materialised", "flash"])
+def test_causal_prefix_oracle_equals_dense_reference(path, monkeypatch):
+    """On CPU the oracle makes one materialised pass; the flash path (two kernel calls) serves GPUs,
+    torch.compile and the generation cache."""
+    from sympformer.nn import v1_oracles
+
+    if path == "flash":
+        monkeypatch.setattr(v1_oracles, "materialised_applies", lambda q: False)
     torch.manual_seed(0)
     oracle = CausalPrefixForce(8, 2, bias=True).double()
     with torch.no_grad():
@@ -59,6 +66,7 @@ def test_causal_prefix_oracle_equals_dense_reference():
     x = torch.randn(2, 7, 8, dtype=torch.float64, requires_grad=True)
     p = torch.randn(2, 7, 8, dtype=torch.float64, requires_grad=True)
     ev = oracle.evaluate(x, p)
+    assert oracle.kernel_calls == {"materialised": 1, "flash": 2}[path]
     v_ref, f_ref = prefix_force_reference(oracle, 2, x, p)
     torch.testing.assert_close(ev.velocity, v_ref, rtol=0, atol=1e-12)
     torch.testing.assert_close(ev.force, f_ref, rtol=0, atol=1e-12)
