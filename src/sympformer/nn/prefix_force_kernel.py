@@ -96,7 +96,7 @@ class _PrefixForceAverages(torch.autograd.Function):
         if not with_averages:
             ctx.save_for_backward(q, k, log_norm)
             return log_norm
-        ctx.save_for_backward(q, k, log_norm, w, b, s, averages)
+        ctx.save_for_backward(q, k, log_norm, w, s, averages)
         return averages, log_norm
 
     @staticmethod
@@ -108,7 +108,7 @@ class _PrefixForceAverages(torch.autograd.Function):
         # dS = P (dP − shift) with shift_i = D_i − dL_i; the s-terms add to dL in the loop below
         shift = torch.zeros_like(log_norm) if grad_log_norm is None else -grad_log_norm
         if grad_averages is not None:
-            w, b, s, averages = rest
+            w, s, averages = rest
             width = w.shape[-1]
             values = torch.cat([w, w * s.unsqueeze(-1)], -1)
             shift += torch.linalg.vecdot(grad_averages, averages)
