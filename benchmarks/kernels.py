@@ -9,10 +9,11 @@ variant of one question timed in the same process):
 - the ridge backward's suffix pass over four key/value pairs: the pairs as heads (the previous
   choice) against the pairs side by side at each position, by chunk length; prefix-linear attention
   with r = 16 features and 4 heads (the attention itself, the `linear_chunk` setting) by chunk length;
-- the CPU flash kernel: B's 4 heads × 32, one 128-wide head (the v1 oracle) and 129 wide with one
-  more key and query (the v1 sentinel pass); the gradient of its log-normaliser through one more
-  column or folded into the output; B's attention through SDPA's math backend (the T × T matrix
-  materialised) against its flash kernel;
+- the CPU flash kernel: B's 4 heads × 32, one 128-wide head (the v1 oracle's flash path, which on
+  CPU now serves only bfloat16 and autocast) and 129 wide with one more key and query (the v1
+  sentinel pass); the gradient of its log-normaliser through one more column or folded into the
+  output; B's attention through SDPA's math backend (the T × T matrix materialised) against its flash
+  kernel;
 - the v1 oracle's (y, y2, L) (two softmax averages, the second with weights that depend on L): two
   flash calls (the previous choice) against the materialised pass of `nn/prefix_force_kernel.py` by
   row block, and L alone (a last layer whose force is not read) either way;
@@ -208,7 +209,7 @@ def main() -> None:
 
     for heads, length, width, label in [
         (4, T, 32, "flash attention, causal, 4 heads × 32 (B), forward + backward"),
-        (1, T, 128, "… 1 head × 128 (a v1 oracle pass)"),
+        (1, T, 128, "… 1 head × 128 (a v1 oracle pass on the flash path)"),
         (1, T + 1, 129, "… 1 head × 129, one more query and key (the v1 sentinel pass)"),
     ]:
         x = [torch.randn(B, heads, length, width, generator=g, requires_grad=True) for _ in range(3)]
@@ -245,7 +246,7 @@ def main() -> None:
     with_normaliser = lambda q, k, v: _sum_average_and_normaliser(q, k, v, weights)
     for floor, label in [
         (float("inf"), "(average, L) of 1 head × 128, forward + backward with dL: one more column (129 wide)"),
-        (softmax_ops._FOLD_FLOOR, "… dL folded into the output handed to the kernel (used)"),
+        (softmax_ops._FOLD_FLOOR, "… dL folded into the output handed to the kernel (used on the flash path)"),
     ]:
         default, softmax_ops._FOLD_FLOOR = softmax_ops._FOLD_FLOOR, floor
         rows.append([label, milliseconds(backward(with_normaliser, *x), args.repeats)])

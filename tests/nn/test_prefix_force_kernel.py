@@ -14,11 +14,17 @@ from sympformer.nn import SympFormerConfig, SympFormerLM, v1_oracles
 from sympformer.nn.prefix_force_kernel import materialised_applies, prefix_force_averages, prefix_log_normaliser
 
 
-def dense_prefix_force(q, k, w, b, scale):
-    """(y, y2, L) of the kernel's docstring with the whole T × T score matrix, by autograd."""
+def dense_scores(q, k, scale):
+    """The whole causal T × T score matrix (−inf above the diagonal) and its row logsumexp L."""
     length = q.shape[-2]
     scores = (scale * q @ k.mT).masked_fill(torch.ones(length, length, dtype=torch.bool).triu(1), float("-inf"))
-    log_norm = torch.logsumexp(scores, -1)
+    return scores, torch.logsumexp(scores, -1)
+
+
+def dense_prefix_force(q, k, w, b, scale):
+    """(y, y2, L) of the kernel's docstring from the dense scores, by autograd."""
+    length = q.shape[-2]
+    scores, log_norm = dense_scores(q, k, scale)
     probs = torch.exp(scores - log_norm.unsqueeze(-1))
     positions = torch.arange(1, length + 1, dtype=q.dtype)
     s = b * (positions * torch.exp(-log_norm)).square()
@@ -63,7 +69,7 @@ def test_gradients_equal_dense_softmax_for_every_subset_of_outputs(used):
 def test_normaliser_alone_equals_logsumexp_with_gradients():
     q, k, _, _ = inputs(length=21)
     log_norm = prefix_log_normaliser(q, k, 0.3, block=8)
-    want = dense_prefix_force(q, k, q, q[..., 0], 0.3)[2]
+    want = dense_scores(q, k, 0.3)[1]
     torch.testing.assert_close(log_norm, want, rtol=0, atol=1e-13)
     grads = torch.autograd.grad(weighted_sum([log_norm], [True]), (q, k))
     for g, r in zip(grads, torch.autograd.grad(weighted_sum([want], [True]), (q, k)), strict=True):
