@@ -20,7 +20,7 @@ variant of one question timed in the same process):
 - one chunk of the fused head + cross-entropy (the primary shape's 333 tokens × 50 304 logits turned
   into the loss and softmax − one-hot): separate max, subtract, exponential, sum and scale passes (the
   previous choice) against PyTorch's softmax kernel written over the logits; and the whole fused loss
-  at the primary shape;
+  at the primary shape, its tokens split evenly into chunks (used) or into full chunks and the rest;
 - the AdamW step: for-loop, foreach and fused implementations.
 
     python benchmarks/kernels.py
@@ -39,7 +39,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from sympformer import softmax_ops
 from sympformer.allocator import apply_allocator_choice
-from sympformer.benchmarking import write_section
+from sympformer.benchmarking import interleaved_times, median, write_section
 from sympformer.nn import loss as loss_module
 from sympformer.nn import prefix_force_kernel
 from sympformer.nn.linear_attention import (
@@ -269,8 +269,21 @@ def main() -> None:
     h = torch.randn(tokens, 64, generator=g, requires_grad=True)
     head = (0.02 * torch.randn(vocab, 64, generator=g)).requires_grad_(True)
     targets = torch.randint(0, vocab, (tokens,), generator=g)
+    even, split = loss_module.rows_per_chunk, loss_module.rows_per_chunk(tokens, vocab)
+    fused = backward(loss_module.linear_cross_entropy, h, head, targets)
+
+    def uneven_chunks():  # the earlier split: full chunks and the rest
+        loss_module.rows_per_chunk = lambda tokens, vocab: loss_module.CHUNK_ELEMENTS // vocab
+        try:
+            fused()
+        finally:
+            loss_module.rows_per_chunk = even
+
+    times = interleaved_times({"even": fused, "uneven": uneven_chunks}, rounds=args.repeats, repeats=1)
     label = f"fused head + cross-entropy, {tokens} tokens × {vocab} (the primary shape), forward + backward"
-    rows.append([label, milliseconds(backward(loss_module.linear_cross_entropy, h, head, targets), args.repeats)])
+    rows.append([f"{label}: chunks of {split} tokens (used: split evenly)", f"{1e3 * median(times['even']):.1f}"])
+    label = f"… chunks of {rows_per_chunk} tokens and the rest ({tokens % rows_per_chunk}), interleaved with the above"
+    rows.append([label, f"{1e3 * median(times['uneven']):.1f}"])
 
     from sympformer.nn import SympFormerConfig, SympFormerLM
 

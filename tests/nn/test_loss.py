@@ -94,3 +94,15 @@ def test_fused_loss_in_float32_matches_the_float64_formula_over_several_chunks(m
     torch.testing.assert_close(fused.double(), plain, rtol=1e-6, atol=0)
     for a, b in zip(torch.autograd.grad(fused, (h, w)), torch.autograd.grad(plain, (h, w)), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_chunks_are_the_fewest_within_the_budget_and_split_evenly():
+    for vocab in (11, 257, 50304):
+        most = max(1, loss_module.CHUNK_ELEMENTS // vocab)
+        for tokens in [0, 1, 2, most - 1, most, most + 1, 3 * most + 25, 1024, 8 * 1024, 12345]:
+            rows = loss_module.rows_per_chunk(tokens, vocab)
+            sizes = [min(rows, tokens - start) for start in range(0, tokens, rows)]
+            assert rows <= most  # within CHUNK_ELEMENTS logits
+            assert len(sizes) == max(1, -(-tokens // most)) or tokens == 0  # no more chunks than needed
+            assert not sizes or max(sizes) - min(sizes) <= len(sizes)  # even: at most one row per chunk apart
+    assert loss_module.rows_per_chunk(1024, 50304) == 256  # the primary shape: 4 × 256, not 3 × 333 + 25

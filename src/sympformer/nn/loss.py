@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-CHUNK_ELEMENTS = 1 << 24  # logits per chunk (64 MiB in float32): large enough for efficient products
+CHUNK_ELEMENTS = 1 << 24  # logits per chunk at most (64 MiB in float32): large enough for efficient products
 
 
 # Below this, a target's softmax probability is recomputed from the logits: −log S_iy stays exact to
@@ -51,10 +51,19 @@ def _row_losses(probs: Tensor, index: Tensor, counted: Tensor, h_c: Tensor, weig
     return row_loss
 
 
+def rows_per_chunk(tokens: int, vocab: int) -> int:
+    """Tokens per chunk: the fewest chunks of at most CHUNK_ELEMENTS logits, the tokens split evenly
+    among them (a short last chunk runs its products at poor efficiency: at the primary shape, 1024
+    tokens as 333 + 333 + 333 + 25 rows against 4 × 256, benchmarks/kernels.py)."""
+    most = max(1, CHUNK_ELEMENTS // vocab)
+    chunks = max(1, -(-tokens // most))
+    return max(1, -(-tokens // chunks))
+
+
 def _loss_and_gradients(h: Tensor, weight: Tensor, targets: Tensor, need_grad: bool) -> tuple[Tensor, Tensor, Tensor]:
     """(mean loss, ∂loss/∂h, ∂loss/∂W) by chunks of tokens (empty gradients without ``need_grad``)."""
     n, vocab = h.shape[0], weight.shape[0]
-    rows = max(1, CHUNK_ELEMENTS // vocab)
+    rows = rows_per_chunk(n, vocab)
     acc = torch.promote_types(h.dtype, torch.float32)  # float32 for bf16/fp32 inputs, float64 stays
     valid = targets != -1
     count = valid.sum().clamp_min(1)
