@@ -14,9 +14,10 @@ variant of one question timed in the same process):
   sentinel pass); the gradient of its log-normaliser through one more column or folded into the
   output; B's attention through SDPA's math backend (the T × T matrix materialised) against its flash
   kernel;
-- the v1 oracle's (y, y2, L) (two softmax averages, the second with weights that depend on L): two
-  flash calls (the previous choice) against the materialised pass of `nn/prefix_force_kernel.py` by
-  row block, and L alone (a last layer whose force is not read) either way;
+- the v1 oracle's force g_i = (z_i / 2) Σ_j P_ij (s_i + s_j + 2) w_j and L (with s = b / z², which
+  depends on L): two flash calls and the algebra after them (the flash path) against the materialised
+  pass of `nn/prefix_force_kernel.py` by row block, and L alone (a last layer whose force is not read)
+  either way;
 - one chunk of the fused head + cross-entropy (the primary shape's 333 tokens × 50 304 logits turned
   into the loss and softmax − one-hot): separate max, subtract, exponential, sum and scale passes (the
   previous choice) against PyTorch's softmax kernel written over the logits; and the whole fused loss
@@ -78,12 +79,13 @@ def backward(fn, *inputs):
 
 
 def _two_flash_calls(q, k, w, kinetic, scale):
-    """The v1 oracle's (y, y2, L) as before the materialised pass: (y, L) from one flash call, then
-    y2 = Σ P s w with s = kinetic / z² from a second."""
+    """The v1 oracle's (g, L) as its flash path forms them: (y, L) from one flash call, y2 = Σ P s w
+    with s = kinetic / z² from a second, then g = (z / 2) ((s + 2) y + y2)."""
     y, log_norm = softmax_average_with_normaliser(q, k, w, None, scale=scale, causal=True)
-    s = kinetic * prefix_force_kernel._inverse_z_squared(log_norm.squeeze(1))
-    y2 = softmax_average(q, k, s[:, None, :, None] * w, scale=scale, causal=True)
-    return y, y2, log_norm
+    s = (kinetic * prefix_force_kernel._inverse_z_squared(log_norm.squeeze(1)))[:, None, :, None]
+    y2 = softmax_average(q, k, s * w, scale=scale, causal=True)
+    half_z = prefix_force_kernel._half_z(log_norm.squeeze(1))[:, None, :, None]
+    return torch.addcmul(y2, s + 2, y) * half_z, log_norm
 
 
 def _sum_average_and_normaliser(q, k, v, weights):
@@ -225,11 +227,11 @@ def main() -> None:
     q, k, w = (0.5 * torch.randn(B, 1, T, 128, generator=g) for _ in range(3))
     q, k, w = (t.requires_grad_(True) for t in (q, k, w))
     kinetic = torch.rand(B, T, generator=g, requires_grad=True)
-    label = "v1 oracle (y, y2, L), 1 head × 128, forward + backward: two flash calls"
+    label = "v1 oracle force g and L, 1 head × 128, forward + backward: two flash calls and the algebra"
     rows.append([label, milliseconds(backward(_two_flash_calls, q, k, w, kinetic, scale), args.repeats)])
     for block in (64, 128, 256):
         used = " (used)" if block == prefix_force_kernel.ROW_BLOCK else ""
-        fused = lambda q, k, w, b, block=block: prefix_force_kernel.prefix_force_averages(q, k, w, b, scale, block)
+        fused = lambda q, k, w, b, block=block: prefix_force_kernel.prefix_force(q, k, w, b, scale, block)
         label = f"… one materialised pass, row block {block}{used}"
         rows.append([label, milliseconds(backward(fused, q[:, 0], k[:, 0], w[:, 0], kinetic), args.repeats)])
     only_flash = lambda q, k, w: softmax_average_with_normaliser(q, k, w, None, scale=scale, causal=True)[1]

@@ -8,7 +8,7 @@ CausalPrefixForce (notes §7; the default): one kernel shared by the heads,
     F_i = B_θ p_i / z_i,  s_i = ⟨B_θ p_i, p_i⟩ / z_i²,
     G_i = W_O( (1/(2i)) Σ_{j≤i} E_ij (s_i + s_j + 2) w_j ),  w = W_V x.
   (1/i) Σ_j E_ij v_j = z_i Σ_j P_ij v_j with P the causal softmax. On CPU (float32/64, eager, no
-  generation cache) one materialised pass gives log z, Σ P w and Σ P s w (:mod:`prefix_force_kernel`);
+  generation cache) one materialised pass gives log z and the average inside W_O (:mod:`prefix_force_kernel`);
   elsewhere one flash call on the values w that also returns log z (the CPU kernel's own normaliser,
   else a sentinel key), then one on s w.
 
@@ -31,7 +31,65 @@ from torch import Tensor, nn
 from sympformer.integrators.oracle import Evaluation
 from sympformer.nn.attention import CallCounter, CausalSelfAttention
 from sympformer.nn.linear_attention import prefix_linear
-from sympformer.nn.prefix_force_kernel import materialised_applies, prefix_force_averages, prefix_log_normaliser
+from sympformer.nn.prefix_force_kernel import materialised_applies, prefix_force, prefix_log_normaliser
+
+
+def _through_metric(grad_bp: Tensor, p: Tensor, b_theta: Tensor) -> tuple[Tensor, Tensor]:
+    """(∂/∂p, ∂/∂B_θ) of ⟨grad_bp, p B_θᵀ⟩: grad_bp B_θ and grad_bpᵀ p over every token."""
+    return grad_bp @ b_theta, grad_bp.flatten(0, -2).mT @ p.flatten(0, -2)
+
+
+class _Kinetic(torch.autograd.Function):
+    """(⟨B_θ p_i, p_i⟩, B_θ p) keeping only p and B_θ (the backward pass forms B_θ p again: one product
+    of (tokens × C) by (C × C) instead of a kept (tokens × C) tensor); B_θ p is returned without a
+    gradient, for :class:`_MetricVelocity` to reuse."""
+
+    @staticmethod
+    def forward(ctx, p, b_theta):
+        bp = p @ b_theta.T
+        ctx.save_for_backward(p, b_theta)
+        ctx.mark_non_differentiable(bp)
+        return torch.linalg.vecdot(bp, p), bp
+
+    @staticmethod
+    def backward(ctx, grad_kinetic, _grad_bp):
+        p, b_theta = ctx.saved_tensors
+        grad_kinetic = grad_kinetic.unsqueeze(-1)
+        grad_p, grad_b = _through_metric(grad_kinetic * p, p, b_theta)
+        return grad_p + grad_kinetic * (p @ b_theta.T), grad_b
+
+
+class _MetricVelocity(torch.autograd.Function):
+    """(B_θ p) · factor keeping p, B_θ and the per-token factor (not B_θ p: the backward pass forms it
+    again); ``bp``, when given, is B_θ p already formed (no gradient flows through it)."""
+
+    @staticmethod
+    def forward(ctx, p, b_theta, factor, bp):
+        ctx.save_for_backward(p, b_theta, factor)
+        return (p @ b_theta.T if bp is None else bp) * factor
+
+    @staticmethod
+    def backward(ctx, grad):
+        p, b_theta, factor = ctx.saved_tensors
+        grad_factor = torch.linalg.vecdot(grad, p @ b_theta.T).unsqueeze(-1).sum_to_size(factor.shape)
+        grad_p, grad_b = _through_metric(grad * factor, p, b_theta)
+        return grad_p, grad_b, grad_factor, None
+
+
+def kinetic_terms(p: Tensor, b_theta: Tensor) -> tuple[Tensor, Tensor]:
+    """(b_i = ⟨B_θ p_i, p_i⟩, B_θ p) where B_θ p is for :func:`metric_velocity` only (it carries no
+    gradient); under autocast, plain operations (whose products run in the autocast dtype)."""
+    if torch.is_autocast_enabled(p.device.type):
+        bp = p @ b_theta.T
+        return torch.linalg.vecdot(bp, p), bp
+    return _Kinetic.apply(p, b_theta)
+
+
+def metric_velocity(p: Tensor, b_theta: Tensor, factor: Tensor, bp: Tensor | None = None) -> Tensor:
+    """(B_θ p_i) · factor_i with ``bp`` = B_θ p from :func:`kinetic_terms` where already formed."""
+    if torch.is_autocast_enabled(p.device.type):
+        return (p @ b_theta.T if bp is None else bp) * factor
+    return _MetricVelocity.apply(p, b_theta, factor, bp)
 
 
 class CausalPrefixForce(CausalSelfAttention):
@@ -52,33 +110,33 @@ class CausalPrefixForce(CausalSelfAttention):
         """F, G and the velocity map at (x, p); F and the map multiplied by ``velocity_scale`` (folded
         into the per-token factor 1/z, so the scale costs no pass over the stream)."""
         q, k, w = self.project(x)
-        bp = p @ self.b_theta.T
-        kinetic = torch.linalg.vecdot(bp, p) if need_force else None  # ⟨B p_i, p_i⟩
+        kinetic, bp = kinetic_terms(p, self.b_theta) if need_force else (None, None)  # ⟨B p_i, p_i⟩, B p
         materialised = self.cache is None and materialised_applies(q)
         if materialised:
-            log_norm, w_avg, sw_avg = self._materialised_averages(q, k, w, kinetic)
+            log_norm, inner = self._materialised_force(q, k, w, kinetic)
         else:
             (w_avg,), log_norm = self._average_with_normaliser(q, k, w)
         log_z = log_norm - torch.log(self.positions(q.shape[-2], log_norm))  # (B, T)
         inv_z = torch.exp(-log_z)
         velocity_factor = (velocity_scale * inv_z).unsqueeze(-1)
-        velocity_map = lambda p_new: (p_new @ self.b_theta.T) * velocity_factor
+        velocity_map = lambda p_new: metric_velocity(p_new, self.b_theta, velocity_factor)
+        velocity = metric_velocity(p, self.b_theta, velocity_factor, bp)
         if not need_force:
-            return Evaluation(bp * velocity_factor, torch.zeros_like(p), velocity_map)
-        s = (kinetic * inv_z.square())[:, None, :, None]  # ⟨B p_i, p_i⟩ / z_i²
+            return Evaluation(velocity, torch.zeros_like(p), velocity_map)
         if not materialised:
+            s = (kinetic * inv_z.square())[:, None, :, None]  # ⟨B p_i, p_i⟩ / z_i²
             (sw_avg,) = self.aggregate(q, k, [s * w], new_softmax=False, slot="second")
-        inner = torch.addcmul(sw_avg, s + 2, w_avg) * (0.5 * torch.exp(log_z))[:, None, :, None]
-        return Evaluation(bp * velocity_factor, self.output(inner), velocity_map)
+            inner = torch.addcmul(sw_avg, s + 2, w_avg) * (0.5 * torch.exp(log_z))[:, None, :, None]
+        return Evaluation(velocity, self.output(inner), velocity_map)
 
-    def _materialised_averages(self, q: Tensor, k: Tensor, w: Tensor, kinetic: Tensor | None):
-        """(L, Σ_j P_ij w_j, Σ_j P_ij s_j w_j) from ONE materialised pass (:mod:`prefix_force_kernel`);
-        without a force (``kinetic`` None), L alone."""
+    def _materialised_force(self, q: Tensor, k: Tensor, w: Tensor, kinetic: Tensor | None):
+        """(L, the force before W_O: (1/(2i)) Σ_j E_ij (s_i + s_j + 2) w_j) from ONE materialised pass
+        (:mod:`prefix_force_kernel`); without a force (``kinetic`` None), L alone."""
         self.count(evaluations=1, kernel_calls=1)
         if kinetic is None:
-            return prefix_log_normaliser(q[:, 0], k[:, 0], self.scale), None, None
-        w_avg, sw_avg, log_norm = prefix_force_averages(q[:, 0], k[:, 0], w[:, 0], kinetic, self.scale)
-        return log_norm, w_avg.unsqueeze(1), sw_avg.unsqueeze(1)
+            return prefix_log_normaliser(q[:, 0], k[:, 0], self.scale), None
+        inner, log_norm = prefix_force(q[:, 0], k[:, 0], w[:, 0], kinetic, self.scale)
+        return log_norm, inner.unsqueeze(1)
 
     def _average_with_normaliser(self, q: Tensor, k: Tensor, w: Tensor) -> tuple[list[Tensor], Tensor]:
         """([Σ_j P_ij w_j], L of shape (B, T)) from one fused kernel call (flash path)."""
@@ -166,5 +224,5 @@ class GlobalHamiltonianForce(CausalSelfAttention):
             h, z = self.hamiltonian(x_in, p if build_graph else p.detach())
             (grad,) = torch.autograd.grad(h, x_in, create_graph=build_graph)
         velocity_factor = (velocity_scale / z).unsqueeze(-1)
-        velocity_map = lambda p_new: (p_new @ self.b_theta.T) * velocity_factor
+        velocity_map = lambda p_new: metric_velocity(p_new, self.b_theta, velocity_factor)
         return Evaluation(velocity_map(p), -grad if need_force else torch.zeros_like(p), velocity_map)
