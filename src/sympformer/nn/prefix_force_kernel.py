@@ -22,7 +22,7 @@ therefore ready only after all later rows are done. With G = ∂/∂g, A_ij = c_
 e_i = s_i + 2:
 
     dV_j  = Σ_i P_ij [e_i c_i G_i, c_i G_i]           (dV = [dV1, dV2]: w's and s·w's gradient)
-    ds_j  = w_j·dV2_j + Σ_i' P_ji' A_ji',             dL_j ← dL_j − 2 s_j ds_j,   db_j = ds_j / z_j²
+    ds_j  = w_j·dV2_j + Σ_{j'≤j} P_jj' A_jj',          dL_j ← dL_j − 2 s_j ds_j,   db_j = ds_j / z_j²
     dS_ij = P_ij ((e_i + s_j) A_ij + dL_i)
     dq_i  = scale Σ_j dS_ij k_j,   dk_j = scale Σ_i dS_ij q_i,   dw_j = dV1_j + s_j dV2_j
 
@@ -54,10 +54,15 @@ def materialised_applies(q: Tensor) -> bool:
     return _cpu_flash_applies(q, q, None) and q.dtype in _DTYPES and not torch.is_autocast_enabled("cpu")
 
 
+def _log_positions(log_norm: Tensor, first: int) -> Tensor:
+    """log j for the 1-based positions j = first + 1, first + 2, … of the last dimension of ``log_norm``."""
+    positions = torch.arange(first + 1, first + log_norm.shape[-1] + 1, device=log_norm.device, dtype=log_norm.dtype)
+    return positions.log()
+
+
 def _inverse_z_squared(log_norm: Tensor, first: int = 0) -> Tensor:
     """1 / z_j² = (j e^{−L_j})² for the 1-based positions j = first + 1, first + 2, … of the last dimension."""
-    positions = torch.arange(first + 1, first + log_norm.shape[-1] + 1, device=log_norm.device, dtype=log_norm.dtype)
-    return torch.exp(-2 * (log_norm - positions.log()))
+    return torch.exp(-2 * (log_norm - _log_positions(log_norm, first)))
 
 
 def _row_blocks(length: int, block: int):
@@ -74,8 +79,7 @@ def _block_scores(q_scaled: Tensor, k: Tensor, r0: int, r1: int, above: Tensor) 
 
 def _half_z(log_norm: Tensor, first: int = 0) -> Tensor:
     """c_j = z_j / 2 = e^{L_j} / (2j) for the 1-based positions j = first + 1, … of the last dimension."""
-    positions = torch.arange(first + 1, first + log_norm.shape[-1] + 1, device=log_norm.device, dtype=log_norm.dtype)
-    return 0.5 * torch.exp(log_norm - positions.log())
+    return 0.5 * torch.exp(log_norm - _log_positions(log_norm, first))
 
 
 class _PrefixForce(torch.autograd.Function):
