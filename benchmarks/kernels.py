@@ -18,7 +18,7 @@ variant of one question timed in the same process):
   depends on L): two flash calls and the algebra after them (the flash path) against the materialised
   pass of `nn/prefix_force_kernel.py` by row block, and L alone (a last layer whose force is not read)
   either way;
-- one chunk of the fused head + cross-entropy (the primary shape's 333 tokens × 50 304 logits turned
+- one chunk of the fused head + cross-entropy (the primary shape's 256 tokens × 50 304 logits turned
   into the loss and softmax − one-hot): separate max, subtract, exponential, sum and scale passes (the
   previous choice) against PyTorch's softmax kernel written over the logits; and the whole fused loss
   at the primary shape, its tokens split evenly into chunks (used) or into full chunks and the rest;
@@ -255,7 +255,7 @@ def main() -> None:
         softmax_ops._FOLD_FLOOR = default
 
     vocab, tokens = 50304, 1024
-    rows_per_chunk = loss_module.CHUNK_ELEMENTS // vocab
+    rows_per_chunk = loss_module.rows_per_chunk(tokens, vocab)  # the chunk the fused loss uses here
     h_chunk, head = torch.randn(rows_per_chunk, 64, generator=g), 0.3 * torch.randn(vocab, 64, generator=g)
     source = h_chunk @ head.T
     chunk, index = torch.empty_like(source), torch.randint(0, vocab, (rows_per_chunk, 1), generator=g)
@@ -271,7 +271,7 @@ def main() -> None:
     h = torch.randn(tokens, 64, generator=g, requires_grad=True)
     head = (0.02 * torch.randn(vocab, 64, generator=g)).requires_grad_(True)
     targets = torch.randint(0, vocab, (tokens,), generator=g)
-    even, split = loss_module.rows_per_chunk, loss_module.rows_per_chunk(tokens, vocab)
+    even, full = loss_module.rows_per_chunk, loss_module.CHUNK_ELEMENTS // vocab
     fused = backward(loss_module.linear_cross_entropy, h, head, targets)
 
     def uneven_chunks():  # the earlier split: full chunks and the rest
@@ -283,9 +283,9 @@ def main() -> None:
 
     times = interleaved_times({"even": fused, "uneven": uneven_chunks}, rounds=args.repeats, repeats=1)
     label = f"fused head + cross-entropy, {tokens} tokens × {vocab} (the primary shape), forward + backward"
-    rows.append([f"{label}: chunks of {split} tokens (used: split evenly)", f"{1e3 * median(times['even']):.1f}"])
-    label = f"… chunks of {rows_per_chunk} tokens and the rest ({tokens % rows_per_chunk}), interleaved with the above"
-    rows.append([label, f"{1e3 * median(times['uneven']):.1f}"])
+    rows.append([f"{label}: chunks of {rows_per_chunk} tokens (used: split evenly)", 1e3 * median(times["even"])])
+    label = f"… chunks of {full} tokens and the rest ({tokens % full}), interleaved with the above"
+    rows.append([label, 1e3 * median(times["uneven"])])
 
     from sympformer.nn import SympFormerConfig, SympFormerLM
 
