@@ -242,3 +242,55 @@ def test_doubling_rotation_keeps_the_sums_and_rotates_the_differences():
     torch.testing.assert_close(x - xb, c * dx + s * dp, rtol=0, atol=1e-14)
     torch.testing.assert_close(pi - pib, -s * dx + c * dp, rtol=0, atol=1e-14)
     assert torch.autograd.gradcheck(lambda t: _doubling_rotation(t, state) @ state, (theta,))
+
+
+class LinearOracle:
+    """F = K P, G = −A X, velocity map P' ↦ K P' (K and A fixed, not symmetric)."""
+
+    def __init__(self, g):
+        self.k = torch.randn(2, 2, generator=g, dtype=torch.float64)
+        self.a = torch.randn(2, 2, generator=g, dtype=torch.float64)
+
+    def __call__(self, x, p):
+        return Evaluation(p @ self.k.T, -x @ self.a.T, lambda q: q @ self.k.T)
+
+
+@pytest.mark.parametrize("name", ["euler", "kick_drift", "exp_euler", "exp_kick_drift", "ab2", "etd_ab2"])
+def test_one_call_schemes_take_their_documented_steps(f64, name):
+    """Two steps (the second with the first one's memory, h changing from 0.3 to 0.5) against the
+    schemes' docstring formulas written out here, with a force, a velocity map and damping."""
+    g = torch.Generator().manual_seed(21)
+    oracle, damping = LinearOracle(g), Damping("loglin", c_log=3.0, c_lin=0.7, t0=0.5)
+    x, p = torch.randn(3, 2, generator=g), torch.randn(3, 2, generator=g)
+    F, G, K = (lambda x, p: p @ oracle.k.T), (lambda x, p: -x @ oracle.a.T), (lambda q: q @ oracle.k.T)
+    sigma = lambda t, h: torch.exp(-(damping.eta(t + h) - damping.eta(t)))
+    scheme, memory, t, previous = get_scheme(name), None, 0.7, None
+    for h in (0.3, 0.5):
+        step = scheme.step(oracle, x, p, t, h, damping, memory)
+        f, force = F(x, p), G(x, p)
+        if name == "euler" or (name in ("ab2", "etd_ab2") and previous is None):
+            if name == "etd_ab2":
+                want_p, want_x = sigma(t, h) * (p + h * force), x + h * f
+            else:
+                want_p, want_x = p + h * (force - damping.alpha_at(t) * p), x + h * f
+        elif name == "kick_drift":
+            want_p = sigma(t, h) * (p + h * force)
+            want_x = x + h * K(want_p)
+        elif name in ("exp_euler", "exp_kick_drift"):
+            a = damping.eta(t + h) - damping.eta(t)
+            want_p = torch.exp(-a) * p + h * (1 - torch.exp(-a)) / a * force
+            want_x = x + h * (f if name == "exp_euler" else K(want_p))
+        elif name == "ab2":
+            r = h / previous["h"]
+            rate_p, old_rate_p = force - damping.alpha_at(t) * p, previous["rate_p"]
+            want_p = p + h * ((1 + r / 2) * rate_p - (r / 2) * old_rate_p)
+            want_x = x + h * ((1 + r / 2) * f - (r / 2) * previous["f"])
+        else:  # etd_ab2, second step
+            r = h / previous["h"]
+            old_force = torch.exp(damping.eta(previous["t"]) - damping.eta(t)) * previous["force"]
+            want_p = sigma(t, h) * (p + h * ((1 + r / 2) * force - (r / 2) * old_force))
+            want_x = x + h * ((1 + r / 2) * f - (r / 2) * previous["f"])
+        torch.testing.assert_close(step.p, want_p, rtol=1e-13, atol=1e-13)
+        torch.testing.assert_close(step.x, want_x, rtol=1e-13, atol=1e-13)
+        previous = dict(h=h, t=t, f=f, force=force, rate_p=force - damping.alpha_at(t) * p)
+        x, p, memory, t = step.x, step.p, step.memory, t + h

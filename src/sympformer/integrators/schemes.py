@@ -71,7 +71,8 @@ class KickDrift(Scheme):
 
     def step(self, oracle, x, p, t, h, damping, memory=None):
         ev = oracle(x, p)
-        p_new = damping.factor(t, h) * (p + h * ev.force)
+        sigma = damping.factor(t, h)
+        p_new = sigma * p + (sigma * h) * ev.force  # scaled terms: autograd keeps G, not P + h G
         return Step(x + h * ev.velocity_map(p_new), p_new)
 
 
@@ -227,8 +228,11 @@ class AdamsBashforth2(Scheme):
             x_new, p_new = x + h * rate_x, p + h * rate_p
         else:
             r = h / memory.h
-            x_new = x + h * ((1 + r / 2) * rate_x - (r / 2) * memory.velocity)
-            p_new = p + h * ((1 + r / 2) * rate_p - (r / 2) * memory.momentum_rate)
+            # Z⁺ = Z + a R_n + b R_{n−1} as scaled terms: autograd keeps the rates (which it keeps anyway,
+            # the previous one for its own step), not their weighted difference
+            a, b = h * (1 + r / 2), -h * r / 2
+            x_new = x + a * rate_x + b * memory.velocity
+            p_new = p + a * rate_p + b * memory.momentum_rate
         return Step(x_new, p_new, AB2Memory(rate_x, rate_p, h))
 
 
@@ -260,17 +264,22 @@ class ETDAdamsBashforth2(Scheme):
 
     def step(self, oracle, x, p, t, h, damping, memory=None):
         ev = oracle(x, p)
-        if memory is None:
-            pi_rate, x_rate = ev.force, ev.velocity
+        sigma = damping.factor(t, h)
+        # written as sums of scaled terms: autograd keeps F_n, G_n (and the previous step's, which that
+        # step keeps anyway), not the combinations
+        if memory is None:  # Euler-type first step: a = h, b = 0
+            a, b = h, None
+            p_new = sigma * p + (sigma * h) * ev.force
         else:
             r = h / memory.h
-            previous_force = damping.factor(memory.t, memory.h) * memory.force
-            pi_rate = (1 + r / 2) * ev.force - (r / 2) * previous_force
-            x_rate = (1 + r / 2) * ev.velocity - (r / 2) * memory.velocity
-        p_new = damping.factor(t, h) * (p + h * pi_rate)
+            a, b = h * (1 + r / 2), -h * r / 2
+            previous = damping.factor(memory.t, memory.h)  # H_{n−1} = e^{η(t_{n−1}) − η(t_n)} G_{n−1}
+            p_new = sigma * p + (sigma * a) * ev.force + (sigma * b * previous) * memory.force
         if self.drift == "new":
-            x_rate = ev.velocity_map(p_new)
-        return Step(x + h * x_rate, p_new, ETDMemory(ev.velocity, ev.force, t, h))
+            x_new = x + h * ev.velocity_map(p_new)
+        else:
+            x_new = x + a * ev.velocity if b is None else x + a * ev.velocity + b * memory.velocity
+        return Step(x_new, p_new, ETDMemory(ev.velocity, ev.force, t, h))
 
 
 class RK4(Scheme):
