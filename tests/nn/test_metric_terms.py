@@ -66,11 +66,13 @@ def saved_bytes_besides(fn, *kept_anyway) -> int:
 
 
 def test_keeps_p_and_the_metric_not_their_product():
-    """Besides p and B_θ: per-token factors only (inv_z and the factor, (B, T) each, and the 0-d scale),
+    """Besides p and B_θ: per-token factors only (inv_z and the factor, (B, T) each, and 0-d scales),
     where the plain formulas keep the (B, T, C) product B_θ p too."""
     p, b_theta, inv_z, scale = terms(length=64, width=16)
     per_token = inv_z.untyped_storage().nbytes()
-    assert saved_bytes_besides(lambda: fused(p, b_theta, inv_z, scale), p, b_theta) <= 2 * per_token + 8  # + scale
+    assert (
+        saved_bytes_besides(lambda: fused(p, b_theta, inv_z, scale), p, b_theta) <= 2 * per_token + 16
+    )  # + 0-d scales
     assert saved_bytes_besides(lambda: plain(p, b_theta, inv_z, scale), p, b_theta) >= p.untyped_storage().nbytes()
 
 
@@ -81,3 +83,35 @@ def test_under_autocast_plain_operations():
     for a, b in zip(got, want, strict=True):
         assert a.dtype == b.dtype
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def drift_inputs(**shape):
+    p, b_theta, inv_z, h = terms(**shape)
+    x = torch.randn(p.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(9), requires_grad=True)
+    return x, p, b_theta, inv_z, h
+
+
+def drift(x, p, b_theta, inv_z, h):
+    return metric_velocity(p, b_theta, inv_z.unsqueeze(-1), scale=h, base=x)
+
+
+def plain_drift(x, p, b_theta, inv_z, h):
+    return x + h * ((p @ b_theta.T) * inv_z.unsqueeze(-1))
+
+
+def test_drift_step_equals_the_plain_formula_and_keeps_no_velocity():
+    """X + h (B_θ P') · factor with a learned h (a 0-d tensor with a gradient) against the plain formula:
+    values, gradients and gradcheck; and what it keeps: P', B_θ and per-token factors, where the plain
+    formula keeps the velocity (B, T, C) too."""
+    inputs = drift_inputs()
+    torch.testing.assert_close(drift(*inputs), plain_drift(*inputs), rtol=0, atol=1e-13)
+    weights = torch.randn(inputs[0].shape, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    grads = torch.autograd.grad((drift(*inputs) * weights).sum(), inputs)
+    want = torch.autograd.grad((plain_drift(*inputs) * weights).sum(), inputs)
+    for a, b in zip(grads, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    assert torch.autograd.gradcheck(drift, drift_inputs(length=3, width=3))
+    x, p, b_theta, inv_z, h = inputs
+    per_token = inv_z.untyped_storage().nbytes()
+    assert saved_bytes_besides(lambda: drift(*inputs), p, b_theta) <= 2 * per_token + 16
+    assert saved_bytes_besides(lambda: plain_drift(*inputs), p, b_theta) >= p.untyped_storage().nbytes()

@@ -9,14 +9,16 @@ returns
     velocity_map: P' ↦ K(X) P'   (the velocity at another momentum, same kernel: no new oracle call)
 
 Schemes such as kick–drift use ``velocity_map`` to drift with the new momentum at the cost of a
-second product, not a second kernel evaluation ("same Gram matrix, second product", notes §2.4).
+second product, not a second kernel evaluation ("same Gram matrix, second product", notes §2.4),
+through :meth:`Evaluation.drift`: X + h K(X) P'. An oracle may supply that whole step itself
+(``drift_step``), e.g. one that forms K(X) P' again in the backward pass instead of keeping it.
 One call of an oracle is one "oracle call" in the paper's sense; :class:`CountingOracle` counts them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from torch import Tensor
@@ -29,6 +31,13 @@ class Evaluation:
     velocity: Tensor
     force: Tensor
     velocity_map: Callable[[Tensor], Tensor]
+    drift_step: Callable[[Tensor, Tensor | float, Tensor], Tensor] | None = field(default=None, kw_only=True)
+
+    def drift(self, x: Tensor, h: Tensor | float, p_new: Tensor) -> Tensor:
+        """X + h K(X) P' (the oracle's own ``drift_step`` where it has one)."""
+        if self.drift_step is not None:
+            return self.drift_step(x, h, p_new)
+        return x + h * self.velocity_map(p_new)
 
 
 class Oracle(Protocol):

@@ -73,7 +73,7 @@ class KickDrift(Scheme):
         ev = oracle(x, p)
         sigma = damping.factor(t, h)
         p_new = sigma * p + (sigma * h) * ev.force  # scaled terms: autograd keeps G, not P + h G
-        return Step(x + h * ev.velocity_map(p_new), p_new)
+        return Step(ev.drift(x, h, p_new), p_new)
 
 
 class ExponentialEuler(Scheme):
@@ -98,8 +98,7 @@ class ExponentialEuler(Scheme):
         ev = oracle(x, p)
         a = damping.delta_eta(t, h)
         p_new = torch.exp(-a) * p + h * phi1(a) * ev.force
-        velocity = ev.velocity if self.drift == "old" else ev.velocity_map(p_new)
-        return Step(x + h * velocity, p_new)
+        return Step(x + h * ev.velocity if self.drift == "old" else ev.drift(x, h, p_new), p_new)
 
 
 class Doubling(Scheme):
@@ -276,7 +275,7 @@ class ETDAdamsBashforth2(Scheme):
             previous = damping.factor(memory.t, memory.h)  # H_{n−1} = e^{η(t_{n−1}) − η(t_n)} G_{n−1}
             p_new = sigma * p + (sigma * a) * ev.force + (sigma * b * previous) * memory.force
         if self.drift == "new":
-            x_new = x + h * ev.velocity_map(p_new)
+            x_new = ev.drift(x, h, p_new)
         else:
             x_new = x + a * ev.velocity if b is None else x + a * ev.velocity + b * memory.velocity
         return Step(x_new, p_new, ETDMemory(ev.velocity, ev.force, t, h))

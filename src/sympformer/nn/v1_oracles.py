@@ -60,20 +60,26 @@ class _Kinetic(torch.autograd.Function):
 
 
 class _MetricVelocity(torch.autograd.Function):
-    """(B_θ p) · factor keeping p, B_θ and the per-token factor (not B_θ p: the backward pass forms it
-    again); ``bp``, when given, is B_θ p already formed (no gradient flows through it)."""
+    """base + scale · (B_θ p) · factor keeping p, B_θ, the per-token factor and the scale (not B_θ p: the
+    backward pass forms it again); ``bp``, when given, is B_θ p already formed (no gradient flows
+    through it); ``base`` None: no base."""
 
     @staticmethod
-    def forward(ctx, p, b_theta, factor, bp):
-        ctx.save_for_backward(p, b_theta, factor)
-        return (p @ b_theta.T if bp is None else bp) * factor
+    def forward(ctx, p, b_theta, factor, bp, scale, base):
+        ctx.save_for_backward(p, b_theta, factor, scale)
+        ctx.with_base = base is not None
+        velocity = (p @ b_theta.T if bp is None else bp) * (factor * scale)
+        return velocity if base is None else velocity.add_(base)
 
     @staticmethod
     def backward(ctx, grad):
-        p, b_theta, factor = ctx.saved_tensors
-        grad_factor = torch.linalg.vecdot(grad, p @ b_theta.T).unsqueeze(-1).sum_to_size(factor.shape)
-        grad_p, grad_b = _through_metric(grad * factor, p, b_theta)
-        return grad_p, grad_b, grad_factor, None
+        p, b_theta, factor, scale = ctx.saved_tensors
+        grad_velocity = grad * scale  # ∂/∂((B_θ p) · factor)
+        bp_grad = torch.linalg.vecdot(grad, p @ b_theta.T).unsqueeze(-1)  # ⟨G_i, B_θ p_i⟩
+        grad_factor = (bp_grad * scale).sum_to_size(factor.shape)
+        grad_scale = (bp_grad * factor).sum().reshape(scale.shape)
+        grad_p, grad_b = _through_metric(grad_velocity * factor, p, b_theta)
+        return grad_p, grad_b, grad_factor, None, grad_scale, grad if ctx.with_base else None
 
 
 def kinetic_terms(p: Tensor, b_theta: Tensor) -> tuple[Tensor, Tensor]:
@@ -85,11 +91,16 @@ def kinetic_terms(p: Tensor, b_theta: Tensor) -> tuple[Tensor, Tensor]:
     return _Kinetic.apply(p, b_theta)
 
 
-def metric_velocity(p: Tensor, b_theta: Tensor, factor: Tensor, bp: Tensor | None = None) -> Tensor:
-    """(B_θ p_i) · factor_i with ``bp`` = B_θ p from :func:`kinetic_terms` where already formed."""
+def metric_velocity(
+    p: Tensor, b_theta: Tensor, factor: Tensor, bp: Tensor | None = None, scale: Tensor | float = 1.0, base=None
+) -> Tensor:
+    """base + scale · (B_θ p_i) · factor_i (no base: None), with ``bp`` = B_θ p from :func:`kinetic_terms`
+    where already formed; with a base and a scale, the drift X + h K(X) P' of the schemes."""
     if torch.is_autocast_enabled(p.device.type):
-        return (p @ b_theta.T if bp is None else bp) * factor
-    return _MetricVelocity.apply(p, b_theta, factor, bp)
+        velocity = (p @ b_theta.T if bp is None else bp) * factor
+        return velocity * scale if base is None else base + scale * velocity
+    scale = torch.as_tensor(scale, dtype=factor.dtype, device=factor.device)
+    return _MetricVelocity.apply(p, b_theta, factor, bp, scale, base)
 
 
 class CausalPrefixForce(CausalSelfAttention):
@@ -121,13 +132,14 @@ class CausalPrefixForce(CausalSelfAttention):
         velocity_factor = (velocity_scale * inv_z).unsqueeze(-1)
         velocity_map = lambda p_new: metric_velocity(p_new, self.b_theta, velocity_factor)
         velocity = metric_velocity(p, self.b_theta, velocity_factor, bp)
+        drift = lambda x, h, p_new: metric_velocity(p_new, self.b_theta, velocity_factor, scale=h, base=x)
         if not need_force:
-            return Evaluation(velocity, torch.zeros_like(p), velocity_map)
+            return Evaluation(velocity, torch.zeros_like(p), velocity_map, drift_step=drift)
         if not materialised:
             s = (kinetic * inv_z.square())[:, None, :, None]  # ⟨B p_i, p_i⟩ / z_i²
             (sw_avg,) = self.aggregate(q, k, [s * w], new_softmax=False, slot="second")
             inner = torch.addcmul(sw_avg, s + 2, w_avg) * (0.5 * torch.exp(log_z))[:, None, :, None]
-        return Evaluation(velocity, self.output(inner), velocity_map)
+        return Evaluation(velocity, self.output(inner), velocity_map, drift_step=drift)
 
     def _materialised_force(self, q: Tensor, k: Tensor, w: Tensor, kinetic: Tensor | None):
         """(L, the force before W_O: (1/(2i)) Σ_j E_ij (s_i + s_j + 2) w_j) from ONE materialised pass
