@@ -99,14 +99,14 @@ def assert_float32_tracks_float64(fn, reference, inputs64):
 
 
 def test_float32_normaliser_at_extreme_scores_tracks_float64():
-    """Scores spread over hundreds of nats and up to ≈ +700 (e^S would overflow even float64's range
+    """Scores spread over hundreds of nats and up to ≈ +860 (e^S would overflow even float64's range
     without the row maxima, which keep every exponent ≤ 0): L and its gradients in float32."""
     q, k, _, _ = inputs(length=40, spread=6.0)
     with torch.no_grad():
         q, k = (torch.cat([t, torch.full_like(t[..., :1], 20.0)], -1).requires_grad_(True) for t in (q, k))
     scores, log_norm = dense_scores(q, k, 1.0)
     finite = scores[torch.isfinite(scores)]
-    assert finite.max() - finite.min() > 500 and log_norm.max() > 100
+    assert finite.max() - finite.min() > 500 and log_norm.max() > 709  # e^709 ≈ float64's largest
     assert_float32_tracks_float64(
         lambda q, k: (prefix_log_normaliser(q, k, 1.0, 16),), lambda q, k: (dense_scores(q, k, 1.0)[1],), (q, k)
     )
