@@ -92,7 +92,12 @@ def kinetic_terms(p: Tensor, b_theta: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def metric_velocity(
-    p: Tensor, b_theta: Tensor, factor: Tensor, bp: Tensor | None = None, scale: Tensor | float = 1.0, base=None
+    p: Tensor,
+    b_theta: Tensor,
+    factor: Tensor,
+    bp: Tensor | None = None,
+    scale: Tensor | float = 1.0,
+    base: Tensor | None = None,
 ) -> Tensor:
     """base + scale · (B_θ p_i) · factor_i (no base: None), with ``bp`` = B_θ p from :func:`kinetic_terms`
     where already formed; with a base and a scale, the drift X + h K(X) P' of the schemes."""
