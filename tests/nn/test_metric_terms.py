@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sympformer.nn.v1_oracles import kinetic_terms, metric_velocity
+from sympformer.nn.v1_oracles import kinetic_terms, metric_drift, metric_velocity
 
 
 def terms(seed=0, batch=2, length=7, width=5):
@@ -92,7 +92,7 @@ def drift_inputs(**shape):
 
 
 def drift(x, p, b_theta, inv_z, h):
-    return metric_velocity(p, b_theta, inv_z.unsqueeze(-1), scale=h, base=x)
+    return metric_drift(x, h, p, b_theta, inv_z.unsqueeze(-1))
 
 
 def plain_drift(x, p, b_theta, inv_z, h):

@@ -129,11 +129,10 @@ class _PrefixForce(torch.autograd.Function):
         if with_force:
             w, s = rest
             width = w.shape[-1]
-            values = torch.cat([w, w * s.unsqueeze(-1)], -1)
             scaled_grad = grad_force * _half_z(log_norm).unsqueeze(-1)  # c_i G_i
             own = s + 2  # e_i
             grad_outputs = torch.cat([scaled_grad * own.unsqueeze(-1), scaled_grad], -1)  # [e c G, c G]
-            grad_values = torch.zeros_like(values)
+            grad_values = w.new_zeros(*w.shape[:-1], 2 * width)  # [dV1, dV2]: the gradients of w and s·w
             grad_s = torch.empty_like(s)
         q_scaled, k_scaled = q * ctx.scale, k * ctx.scale
         grad_q, grad_k = torch.empty_like(q), torch.zeros_like(k)

@@ -91,21 +91,20 @@ def kinetic_terms(p: Tensor, b_theta: Tensor) -> tuple[Tensor, Tensor]:
     return _Kinetic.apply(p, b_theta)
 
 
-def metric_velocity(
-    p: Tensor,
-    b_theta: Tensor,
-    factor: Tensor,
-    bp: Tensor | None = None,
-    scale: Tensor | float = 1.0,
-    base: Tensor | None = None,
-) -> Tensor:
-    """base + scale · (B_θ p_i) · factor_i (no base: None), with ``bp`` = B_θ p from :func:`kinetic_terms`
-    where already formed; with a base and a scale, the drift X + h K(X) P' of the schemes."""
+def metric_velocity(p: Tensor, b_theta: Tensor, factor: Tensor, bp: Tensor | None = None) -> Tensor:
+    """(B_θ p_i) · factor_i, with ``bp`` = B_θ p from :func:`kinetic_terms` where already formed."""
     if torch.is_autocast_enabled(p.device.type):
-        velocity = (p @ b_theta.T if bp is None else bp) * factor
-        return velocity * scale if base is None else base + scale * velocity
-    scale = torch.as_tensor(scale, dtype=factor.dtype, device=factor.device)
-    return _MetricVelocity.apply(p, b_theta, factor, bp, scale, base)
+        return (p @ b_theta.T if bp is None else bp) * factor
+    return _MetricVelocity.apply(p, b_theta, factor, bp, factor.new_ones(()), None)
+
+
+def metric_drift(x: Tensor, h: Tensor | float, p: Tensor, b_theta: Tensor, factor: Tensor) -> Tensor:
+    """The schemes' drift X + h K(X) P' = x + h (B_θ p_i) · factor_i, keeping p, not the velocity."""
+    if torch.is_autocast_enabled(p.device.type):
+        return x + h * ((p @ b_theta.T) * factor)
+    return _MetricVelocity.apply(
+        p, b_theta, factor, None, torch.as_tensor(h, dtype=factor.dtype, device=factor.device), x
+    )
 
 
 class CausalPrefixForce(CausalSelfAttention):
@@ -137,7 +136,7 @@ class CausalPrefixForce(CausalSelfAttention):
         velocity_factor = (velocity_scale * inv_z).unsqueeze(-1)
         velocity_map = lambda p_new: metric_velocity(p_new, self.b_theta, velocity_factor)
         velocity = metric_velocity(p, self.b_theta, velocity_factor, bp)
-        drift = lambda x, h, p_new: metric_velocity(p_new, self.b_theta, velocity_factor, scale=h, base=x)
+        drift = lambda x, h, p_new: metric_drift(x, h, p_new, self.b_theta, velocity_factor)
         if not need_force:
             return Evaluation(velocity, torch.zeros_like(p), velocity_map, drift_step=drift)
         if not materialised:
