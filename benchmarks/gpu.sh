@@ -1,17 +1,47 @@
 #!/usr/bin/env bash
-# The GPU subset of the benchmarks (bf16 autocast, flash SDPA), under 5 minutes on one H100/H200.
+# The GPU subset of the benchmarks (bf16 autocast, flash SDPA), about 5 minutes on one H100/H200.
 # Usage (repository root, CUDA machine): bash benchmarks/gpu.sh
 # Figures go to benchmarks/RESULTS.md sections keyed "cuda" (the card's name is recorded with them).
-set -euo pipefail
+# Correctness first (benchmarks/gpu_check.py); every later step runs even if one fails, and the
+# summary at the end says which failed. With OUT set (a folder), the log and RESULTS.md are copied
+# there after every step, so that an interrupted run still leaves what it measured.
+# The sympformer package need not be installed: src/ is put on the path where it is not.
+set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 [ -x "$PY" ] || PY=python3
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
-"$PY" benchmarks/blocks_step_time.py --device cuda --precision bf16 --rounds 5 --repeats 5
-"$PY" benchmarks/blocks_step_time.py --device cuda --precision fp32 --rounds 3 --repeats 5 --shapes primary,heavy
-"$PY" benchmarks/memory.py --device cuda --shapes heavy
+"$PY" -c "import sympformer" 2>/dev/null || export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+LOG=${OUT:+$OUT/gpu.log}
+LOG=${LOG:-/dev/null}
+failed=()
+
+step() {  # step NAME SECONDS COMMAND...: run with a time limit, log, keep going
+  local name=$1 limit=$2 start=$SECONDS
+  shift 2
+  echo "=== $name ($(date -u +%H:%M:%S))" | tee -a "$LOG"
+  timeout "$limit" "$@" 2>&1 | tee -a "$LOG"
+  local rc=${PIPESTATUS[0]}
+  echo "=== $name: exit $rc after $((SECONDS - start)) s" | tee -a "$LOG"
+  [ "$rc" -eq 0 ] || failed+=("$name (exit $rc)")
+  [ -z "${OUT:-}" ] || cp benchmarks/RESULTS.md "$OUT/RESULTS.md"
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,temperature.gpu --format=csv | tee -a "$LOG"
+"$PY" -c "import sys, torch; print(sys.version.split()[0], torch.__version__, torch.cuda.get_device_name())" | tee -a "$LOG"
+step "correctness" 90 "$PY" benchmarks/gpu_check.py --device cuda
+step "blocks bf16" 150 "$PY" benchmarks/blocks_step_time.py --device cuda --precision bf16 --rounds 5 --repeats 5
+step "blocks fp32" 60 "$PY" benchmarks/blocks_step_time.py --device cuda --precision fp32 --rounds 3 --repeats 5 \
+  --shapes primary,heavy
+step "memory" 90 "$PY" benchmarks/memory.py --device cuda
 if "$PY" -c "import transformers" 2>/dev/null; then
-  "$PY" benchmarks/vs_transformers.py --device cuda --precision bf16 --rounds 5 --repeats 5
+  step "vs transformers bf16" 45 "$PY" benchmarks/vs_transformers.py --device cuda --precision bf16 --rounds 5 --repeats 5
+  step "vs transformers fp32" 45 "$PY" benchmarks/vs_transformers.py --device cuda --precision fp32 --rounds 5 --repeats 5
+else
+  failed+=("vs transformers (transformers is not installed)")
 fi
-"$PY" benchmarks/particles_scale.py --device cuda --sizes 1000,10000,100000
+step "particles" 60 "$PY" benchmarks/particles_scale.py --device cuda --sizes 1000,10000,100000 --dense-limit-gb 40
+step "compile" 120 "$PY" benchmarks/compile.py --device cuda --archs B,H0
+echo "failed steps: ${#failed[@]}" | tee -a "$LOG"
+for f in "${failed[@]}"; do echo "  $f" | tee -a "$LOG"; done
+[ "${#failed[@]}" -eq 0 ]

@@ -1,13 +1,17 @@
 """Peak training memory of every architecture family against B (target ≤ 1.3× for the momentum
-architectures, DESIGN.md). Each architecture runs in a fresh process: one warm-up training step (so
-that the optimiser state exists), then one measured step.
+architectures, DESIGN.md). One warm-up training step (so that the optimiser state exists), then one
+measured step; on CPU each architecture in a fresh process.
 
-- On CPU, *allocated*: the peak of the bytes held by PyTorch's CPU allocator during the measured step
-  (the profiler's allocation and free events, summed in time order) plus what is held at its start
-  (parameters and AdamW state), the CPU counterpart of `torch.cuda.max_memory_allocated`; free of
-  allocator caching and fragmentation. *RSS*: the process's peak resident set above its own
-  baseline (model built, before the first step), which includes them (noisy, shown for reference).
-- On a GPU, `torch.cuda.max_memory_allocated` over the measured step.
+- On CPU, *allocated*: the peak of the bytes held by PyTorch's CPU allocator (the profiler's allocation
+  and free events of both steps, summed in time order, plus the parameters made before them), the
+  CPU counterpart of `torch.cuda.max_memory_allocated`; free of allocator caching and fragmentation.
+  The peak falls in the measured step, which starts with the optimiser state the warm-up made.
+  *RSS*: the process's peak resident set above its own baseline (model built, before the first
+  step), which includes them (noisy, shown for reference).
+- On a GPU, `torch.cuda.max_memory_allocated` over the measured step (parameters, AdamW state and
+  gradients included). There every architecture of a shape runs in ONE child process, one after another: the
+  previous model and its optimiser are freed first (asserted: nothing is left allocated but the
+  batch), so the exact allocated peak is the same as in a fresh process without a CUDA start each.
 
 Every architecture is measured twice: as configured by default, and with
 `activation_checkpointing: true` (each block recomputed in the backward pass; B too, for the ratio).
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -46,26 +51,70 @@ def step():
     _, loss = model(idx, idx, return_logits=False)
     loss.backward()
     optimizer.step()
-step()
-held = lambda ts: sum(t.untyped_storage().nbytes() for t in ts)
-state = [t for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t)]
-static = held(model.parameters()) + held(state)
-if device.startswith("cuda"):
-    torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
-    step(); torch.cuda.synchronize()
-    allocated = torch.cuda.max_memory_allocated()
-else:
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        step()
-    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
-    now = top = 0
-    for _, nbytes in events:
-        now += nbytes
-        top = max(top, now)
-    allocated = static + top
+# both steps under the profiler, so that every block freed in the measured step was allocated where the
+# profiler saw it (it drops the frees of older blocks: the warm-up's gradients, which zero_grad frees)
+with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    step()  # warm-up: the optimiser state comes to exist
+    step()
+events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
+now = top = 0
+for _, nbytes in events:
+    now += nbytes
+    top = max(top, now)
+allocated = sum(p.untyped_storage().nbytes() for p in model.parameters()) + top
 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_base
 print(json.dumps({"allocated_mb": allocated / 2**20, "rss_mb": rss / 2**20}))
 """
+
+
+CUDA_CHILD = r"""
+import gc, json, sys, torch
+from sympformer.benchmarking import training_optimizer
+from sympformer.nn import SympFormerConfig, SympFormerLM
+runs, batch, device = json.loads(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+fields = runs[0][0]
+idx = torch.randint(0, fields["vocab_size"], (batch, fields["block_size"]), device=device)
+held = torch.cuda.memory_allocated()
+def peak(fields, arch):
+    model = SympFormerLM(SympFormerConfig(**fields, arch=arch)).to(device)
+    optimizer = training_optimizer(model)
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        _, loss = model(idx, idx, return_logits=False)
+        loss.backward()
+        optimizer.step()
+    step()
+    torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
+    step(); torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - held) / 2**20
+for fields, arch in runs:
+    try:
+        print(json.dumps({"arch": arch, "allocated_mb": peak(fields, arch)}), flush=True)
+    except Exception as error:
+        print(json.dumps({"arch": arch, "error": repr(error)[:300]}), flush=True)
+    gc.collect()
+    assert torch.cuda.memory_allocated() == held, "a model's memory outlived it"
+"""
+
+
+def measure_cuda(runs: list[tuple[dict, str]], batch: int, device: str) -> list[dict | None]:
+    """{"allocated_mb", "rss_mb": nan} of each (fields, arch), all in one child process (see the docstring)."""
+    result = subprocess.run(
+        [sys.executable, "-c", CUDA_CHILD, json.dumps(runs), str(batch), device],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    if result.returncode != 0:
+        print(result.stderr[-2000:], file=sys.stderr)
+    measured = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    for m in measured:
+        if "error" in m:
+            print(f"{m['arch']}: {m['error']}", file=sys.stderr)
+    found = [
+        {"allocated_mb": m["allocated_mb"], "rss_mb": float("nan")} if "error" not in m else None for m in measured
+    ]
+    return found + [None] * (len(runs) - len(found))
 
 
 def measure(fields: dict, batch: int, arch: str, device: str) -> dict | None:
@@ -93,14 +142,22 @@ def main() -> None:
     sections = []
     for shape in args.shapes.split(","):
         fields, batch, archs, _ = SHAPES[shape]
-        plain = {arch: measure(fields, batch, arch, args.device) for arch in archs}
-        recomputing = {
-            arch: measure({**fields, "activation_checkpointing": True}, batch, arch, args.device) for arch in archs
-        }
+        checkpointed = {**fields, "activation_checkpointing": True}
+        if args.device.startswith("cuda"):
+            found = measure_cuda([(f, arch) for f in (fields, checkpointed) for arch in archs], batch, args.device)
+            plain, recomputing = (
+                dict(zip(archs, found[: len(archs)], strict=True)),
+                dict(zip(archs, found[len(archs) :], strict=True)),
+            )
+        else:
+            plain = {arch: measure(fields, batch, arch, args.device) for arch in archs}
+            recomputing = {arch: measure(checkpointed, batch, arch, args.device) for arch in archs}
 
         def cells(m: dict | None, base: dict | None, key: str = "allocated_mb") -> list[str]:
             if m is None:
                 return ["failed", "—"]
+            if math.isnan(m[key]):  # RSS is not measured on a GPU
+                return ["—", "—"]
             return [f"{m[key]:,.1f}", f"{m[key] / base[key]:.2f}" if base else "—"]
 
         b = archs[0]

@@ -72,6 +72,42 @@ def test_masked_average_falls_back_to_sdpa_exactly():
     torch.testing.assert_close(out, torch.softmax(scores, -1) @ v, rtol=0, atol=1e-13)
 
 
+def test_generic_float64_path_chunks_query_rows_within_the_score_budget(monkeypatch):
+    """Off the CPU flash kernel (as on a GPU, which fuses no float64 kernel) SDPA's generic path holds
+    the whole score matrix: above SCORE_BUDGET_BYTES the query rows go in chunks. The chunked average,
+    normaliser and gradients equal the dense reference, and no SDPA call sees more scores than the budget."""
+    monkeypatch.setattr(softmax_ops, "_cpu_flash_applies", lambda *args, **kwargs: False)
+    q, k, v = inputs((4, 4, 5), length=23)
+    row_bytes = 2 * 3 * (23 + 1) * 8  # one query row against every key and the sentinel, float64
+    monkeypatch.setattr(softmax_ops, "SCORE_BUDGET_BYTES", 5 * row_bytes)
+    seen = []
+    sdpa = F.scaled_dot_product_attention
+    monkeypatch.setattr(
+        softmax_ops.F,
+        "scaled_dot_product_attention",
+        lambda q_, k_, *a, **kw: (
+            seen.append(q_.shape[-2] * k_.shape[-2] * q_.shape[0] * q_.shape[1] * 8) or sdpa(q_, k_, *a, **kw)
+        ),
+    )
+    centre = (0.6 * q * dense_average(q, k, k, 0.6, False)).sum(-1)
+    average, log_norm = softmax_average_with_normaliser(q, k, v, centre, scale=0.6)
+    assert len(seen) == 5 and max(seen) <= 5 * row_bytes  # 23 rows: 4 chunks of 5 and one of 3
+    torch.testing.assert_close(average, dense_average(q, k, v, 0.6, False), rtol=0, atol=1e-13)
+    torch.testing.assert_close(log_norm, dense_log_normaliser(q, k, 0.6, False), rtol=0, atol=1e-13)
+    weights = torch.randn(average.shape, dtype=average.dtype, generator=torch.Generator().manual_seed(2))
+    loss = lambda avg, ln: (avg * weights).sum() + ln.square().sum()
+    grads = torch.autograd.grad(loss(average, log_norm), [q, k, v])
+    reference = torch.autograd.grad(
+        loss(dense_average(q, k, v, 0.6, False), dense_log_normaliser(q, k, 0.6, False)), [q, k, v]
+    )
+    for got, want in zip(grads, reference, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    seen.clear()
+    softmax_average_of(q, k, [v], causal=True)  # causal calls are not chunked (a chunk would need its offset)
+    softmax_average_of(q.float(), k.float(), [v.float()])  # nor fused dtypes
+    assert len(seen) == 2
+
+
 def dense_log_normaliser(q, k, scale, causal):
     scores = scale * q @ k.mT
     if causal:

@@ -135,6 +135,23 @@ def _cpu_flash_applies(q: Tensor, k: Tensor, mask: Tensor | None, dropout_p: flo
     return eligible and q.shape[-2] > 0 and k.shape[-2] > 0 and not torch.compiler.is_compiling()
 
 
+# the most bytes of scores one generic (unfused, score-materialising) SDPA call may hold: above it, query
+# rows go in chunks (the particle lab's float64 on a GPU, 10⁵ particles: 80 GB of scores → 1 GiB chunks)
+SCORE_BUDGET_BYTES = 2**30
+
+
+def _query_rows_per_call(q: Tensor, k: Tensor, mask: Tensor | None, causal: bool, dropout_p: float) -> int:
+    """How many query rows one SDPA call takes. All of them, unless the call would take SDPA's generic
+    path, which materialises the (queries × keys) scores: float64 off the CPU flash kernel (no GPU
+    kernel fuses float64). Then as many as keep the scores within SCORE_BUDGET_BYTES (unmasked,
+    non-causal calls only: a query chunk's average over all keys is the same average)."""
+    n_q = q.shape[-2]
+    if q.dtype != torch.float64 or mask is not None or causal or dropout_p != 0:
+        return n_q
+    row_bytes = math.prod(q.shape[:-2]) * k.shape[-2] * q.element_size()
+    return max(1, min(n_q, SCORE_BUDGET_BYTES // max(row_bytes, 1)))
+
+
 def kernel_log_normaliser(q: Tensor, k: Tensor, mask: Tensor | None = None) -> bool:
     """True where :func:`softmax_average_with_normaliser` takes L from the fused CPU kernel (no sentinel
     key, so no centre needed)."""
@@ -170,6 +187,10 @@ def softmax_average_of(
     shapes (..., L, d), one fused kernel call (with attention dropout ``dropout_p``: SDPA's own)."""
     if _cpu_flash_applies(q, k, mask, dropout_p):
         return _cpu_flash(q, k, pieces, scale, causal)[0]
+    rows = _query_rows_per_call(q, k, mask, causal, dropout_p)
+    if rows < q.shape[-2]:  # no fused kernel for the dtype: keep each call's score matrix within budget
+        chunks = [softmax_average_of(q_c, k, pieces, scale=scale) for q_c in q.split(rows, dim=-2)]
+        return torch.cat(chunks, dim=-2)
     batch = q.shape[:-2]
     width = sum(v.shape[-1] for v in pieces)
     full = max(q.shape[-1], width)
