@@ -42,6 +42,12 @@ def main() -> None:
     parser.add_argument("--archs", default="B,H0,R2")
     parser.add_argument("--shape", default="primary", choices=sorted(SHAPES))
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--mode",
+        default=None,
+        choices=["default", "reduce-overhead", "max-autotune-no-cudagraphs"],
+        help="torch.compile's mode (reduce-overhead: CUDA graphs, which replay a step's launches at once)",
+    )
     parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
     args = parser.parse_args()
     apply_allocator_choice()  # as the sympformer command does (SYMPFORMER_CPU_ALLOCATOR)
@@ -52,7 +58,7 @@ def main() -> None:
     contenders, compile_seconds = {}, {}
     for arch in args.archs.split(","):
         eager = SympFormerLM(SympFormerConfig(**fields, arch=arch)).to(args.device)
-        compiled = torch.compile(SympFormerLM(SympFormerConfig(**fields, arch=arch)).to(args.device))
+        compiled = torch.compile(SympFormerLM(SympFormerConfig(**fields, arch=arch)).to(args.device), mode=args.mode)
         contenders[f"{arch} eager"] = step_fn(eager, idx)
         contenders[f"{arch} compiled"] = step_fn(compiled, idx)
         start = time.perf_counter()
@@ -82,10 +88,10 @@ def main() -> None:
     )
     print(body)
     device = args.device.split(":")[0]
-    key = f"compile-{device}" + ("" if args.shape == "primary" else f"-{args.shape}")
-    write_section(
-        args.results, key, f"torch.compile on and off, shape `{args.shape}` ({args.device})", body, args.device
-    )
+    mode = args.mode if args.mode not in (None, "default") else None
+    key = f"compile-{device}" + ("" if args.shape == "primary" else f"-{args.shape}") + (f"-{mode}" if mode else "")
+    title = f"torch.compile on and off, shape `{args.shape}` ({args.device}" + (f", mode {mode})" if mode else ")")
+    write_section(args.results, key, title, body, args.device)
 
 
 if __name__ == "__main__":

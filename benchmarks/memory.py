@@ -74,7 +74,6 @@ from sympformer.nn import SympFormerConfig, SympFormerLM
 runs, batch, device = json.loads(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 fields = runs[0][0]
 idx = torch.randint(0, fields["vocab_size"], (batch, fields["block_size"]), device=device)
-held = torch.cuda.memory_allocated()
 def peak(fields, arch):
     model = SympFormerLM(SympFormerConfig(**fields, arch=arch)).to(device)
     optimizer = training_optimizer(model)
@@ -87,13 +86,22 @@ def peak(fields, arch):
     torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
     step(); torch.cuda.synchronize()
     return (torch.cuda.max_memory_allocated() - held) / 2**20
+# the process's own blocks (cuBLAS workspaces, made at a handle's first product and kept) come to exist
+# in a throwaway run of the first architecture, and are not counted in any peak; a block a later
+# architecture leaves behind is one more of them, since its model and optimiser are gone (reported)
+held = 0
+peak(*runs[0])
+gc.collect()
+held = torch.cuda.memory_allocated()
 for fields, arch in runs:
     try:
         print(json.dumps({"arch": arch, "allocated_mb": peak(fields, arch)}), flush=True)
     except Exception as error:
         print(json.dumps({"arch": arch, "error": repr(error)[:300]}), flush=True)
     gc.collect()
-    assert torch.cuda.memory_allocated() == held, "a model's memory outlived it"
+    if torch.cuda.memory_allocated() != held:
+        print(f"{arch}: {(torch.cuda.memory_allocated() - held) / 2**20:+.2f} MiB held after it", file=sys.stderr)
+        held = torch.cuda.memory_allocated()
 """
 
 
@@ -105,7 +113,7 @@ def measure_cuda(runs: list[tuple[dict, str]], batch: int, device: str) -> list[
         text=True,
         timeout=1800,
     )
-    if result.returncode != 0:
+    if result.returncode != 0 or result.stderr.strip():
         print(result.stderr[-2000:], file=sys.stderr)
     measured = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     for m in measured:
@@ -139,7 +147,7 @@ def main() -> None:
     parser.add_argument("--shapes", default="primary,heavy,linear,v1")
     parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
     args = parser.parse_args()
-    sections = []
+    sections, failed = [], []
     for shape in args.shapes.split(","):
         fields, batch, archs, _ = SHAPES[shape]
         checkpointed = {**fields, "activation_checkpointing": True}
@@ -176,10 +184,13 @@ def main() -> None:
         text = f"### shape `{shape}`: {fields}, batch {batch}\n\n" + markdown_table(header, rows) + "\n"
         print(text, flush=True)
         sections.append(text)
+        failed += [arch for arch in archs if plain[arch] is None or recomputing[arch] is None]
     device = args.device.split(":")[0]
     write_section(
         args.results, f"memory-{device}", f"Peak training memory ({args.device})", "\n".join(sections), args.device
     )
+    if failed:
+        sys.exit(f"not measured: {', '.join(failed)}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,101 @@
+"""Where a GPU training step's time goes: the step's wall time against the time its kernels keep the GPU
+busy (torch.profiler's CUDA kernel, copy and fill records, summed), and how many it launches.
+
+At these shapes a step is a few hundred small kernels: where the kernels' sum is far under the wall
+time, the step is bound by launching them (Python, dispatch and launch latency), not by the GPU's
+arithmetic or memory. Then an architecture's cost against B is its count of operations rather than
+their size, and the remedies are fusion (torch.compile) and launch replay (CUDA graphs), not faster
+kernels. The "kernels × ref" column is the ratio a launch-free step would approach.
+
+Steps are timed interleaved in one process (median); kernels are summed over three profiled steps.
+
+    python benchmarks/gpu_profile.py [--cases primary:B,primary:H0,...] [--precision bf16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from blocks_step_time import SHAPES, train_step_fn  # noqa: E402
+
+from sympformer.benchmarking import interleaved_times, median, training_optimizer, write_section  # noqa: E402
+from sympformer.nn import SympFormerConfig, SympFormerLM  # noqa: E402
+from sympformer.utils import markdown_table  # noqa: E402
+
+CASES = "primary:B,primary:H0,primary:R2,heavy:B,heavy:H0,heavy:R2,v1:B,v1:v1_pe,v1:v1_strang"
+PROFILED_STEPS = 3
+
+
+def make_step(case: str, device: str, precision: str):
+    shape, arch = case.split(":")
+    fields, batch, _, _ = SHAPES[shape]
+    generator = torch.Generator().manual_seed(0)
+    idx = torch.randint(0, fields["vocab_size"], (batch, fields["block_size"]), generator=generator).to(device)
+    model = SympFormerLM(SympFormerConfig(**fields, arch=arch)).to(device)
+    return train_step_fn(model, idx, training_optimizer(model), precision)
+
+
+def device_work(step) -> tuple[float, float]:
+    """(seconds of device kernels, copies and fills per step, launches per step), over PROFILED_STEPS."""
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(PROFILED_STEPS):
+            step()
+        torch.cuda.synchronize()
+    records = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
+    busy_us = sum(e.time_range.end - e.time_range.start for e in records)
+    return busy_us * 1e-6 / PROFILED_STEPS, len(records) / PROFILED_STEPS
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--cases", default=CASES, help="shape:arch,…; the first of each shape is its reference")
+    parser.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
+    args = parser.parse_args()
+    if not args.device.startswith("cuda") or not torch.cuda.is_available():
+        sys.exit("gpu_profile.py profiles CUDA kernels: it needs a CUDA device (on CPU: profile_steps.py)")
+    cases = args.cases.split(",")
+    steps = {case: make_step(case, args.device, args.precision) for case in cases}
+    wall = {case: median(t) for case, t in interleaved_times(steps, args.rounds, 5, args.device, warmup=2).items()}
+    work = {case: device_work(steps[case]) for case in cases}
+    reference = {}
+    for case in cases:
+        reference.setdefault(case.split(":")[0], case)
+    rows = []
+    for case in cases:
+        ref = reference[case.split(":")[0]]
+        (kernels, launches), (ref_kernels, _) = work[case], work[ref]
+        rows.append(
+            [
+                case,
+                f"{wall[case] * 1e3:.1f}",
+                f"{kernels * 1e3:.2f}",
+                f"{kernels / wall[case]:.0%}",
+                f"{launches:.0f}",
+                f"{wall[case] / wall[ref]:.2f}",
+                f"{kernels / ref_kernels:.2f}",
+            ]
+        )
+    header = ["case", "wall ms / step", "kernel ms / step", "GPU busy", "kernels / step", "wall × ref", "kernels × ref"]
+    body = f"{args.precision}; the first case of each shape is its reference.\n\n" + markdown_table(header, rows)
+    print(body)
+    write_section(
+        args.results,
+        f"gpu-profile-{args.precision}",
+        f"GPU step profile: wall time against kernel time ({args.device}, {args.precision})",
+        body,
+        args.device,
+    )
+
+
+if __name__ == "__main__":
+    main()
