@@ -53,6 +53,7 @@ def main() -> int:
         ["particles_scale.py", "--sizes", "1000,10000" if args.quick else "1000,10000,100000"],
         ["profile_steps.py"],
         ["kernels.py"],
+        ["ops_per_step.py"],
     ]
     if on_cpu:  # glibc's defaults against tune_cpu_allocator (fresh processes); the momentum algebra three ways
         jobs.append(["allocator.py", "--pairs", "2" if args.quick else "3"])

@@ -77,3 +77,24 @@ def test_phase_table_groups_rounds_and_reports_each_ratio():
     assert "| 1–5 | 100 | 130 | 1.30 |" in text
     assert "| 6–7 | 150 | 180 | 1.20 |" in text
     assert "B 100–150 ms, v1_fe 130–180 ms, ratio per round 1.20–1.30" in text
+
+
+def test_operator_count_sees_every_dispatched_operator_and_reads_gpu_sections(tmp_path):
+    """The count is below autograd: a forward and backward of x·w + b shows the backward's own products;
+    the GPU step times are read back from a section as write_section writes it."""
+    import torch
+    from ops_per_step import NO_KERNEL, OperatorCount, gpu_times
+
+    x = torch.randn(3, 4)
+    w = torch.randn(4, 2, requires_grad=True)
+    with OperatorCount() as count:
+        (x @ w).exp().sum().backward()
+    assert count.counts["mm"] == 2  # forward x·w, backward xᵀ·g (x needs no gradient)
+    assert count.counts["exp"] == 1 and count.counts["sum"] == 1
+    assert "mm" not in NO_KERNEL and "view" in NO_KERNEL
+    results = tmp_path / "RESULTS.md"
+    write_section(
+        results, "blocks-v1-cuda-bf16", "t", "| arch | ms |\n|---|---|\n| B | 9.0 | 1 |\n| v1_fe | 33.5 | 2 |"
+    )
+    assert gpu_times(results, "blocks-v1-cuda-bf16") == {"B": 9.0, "v1_fe": 33.5}
+    assert gpu_times(results, "blocks-heavy-cuda-bf16") == {}

@@ -58,9 +58,18 @@ def test_fused_loss_under_bf16_autocast_tracks_float32():
     torch.testing.assert_close(grad_w, ref_w, rtol=0.05, atol=2e-3)
 
 
-def test_fused_loss_is_exact_where_the_target_probability_underflows():
+@pytest.fixture(params=["in place", "new tensor"])
+def softmax_placement(request, monkeypatch):
+    """Both softmax placements: over the logits (CPU) and into a new tensor (the GPU path, here on CPU)."""
+    if request.param == "new tensor":
+        monkeypatch.setattr(loss_module, "_softmax_over_logits", lambda logits: torch.softmax(logits, 1))
+    return request.param
+
+
+def test_fused_loss_is_exact_where_the_target_probability_underflows(softmax_placement):
     """A target 200 nats below the top logit: its softmax probability is 0 in float32, so its loss is
-    recomputed from the logits (−log 0 would be inf); the gradient is the plain one."""
+    recomputed from the logits (−log 0 would be inf), or taken from the logits kept beside the softmax;
+    the gradient is the plain one."""
     g = torch.Generator().manual_seed(3)
     h = torch.randn(6, 4, generator=g)
     w = torch.randn(9, 4, generator=g)
@@ -80,7 +89,7 @@ def test_fused_loss_is_exact_where_the_target_probability_underflows():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_fused_loss_in_float32_matches_the_float64_formula_over_several_chunks(monkeypatch):
+def test_fused_loss_in_float32_matches_the_float64_formula_over_several_chunks(monkeypatch, softmax_placement):
     """The softmax written over the float32 logits buffer, chunk by chunk, against float64 (the buffer is
     reused: a stale chunk would show)."""
     monkeypatch.setattr(loss_module, "CHUNK_ELEMENTS", 5 * 301)
@@ -106,3 +115,35 @@ def test_chunks_are_the_fewest_within_the_budget_and_split_evenly():
             assert len(sizes) == max(1, -(-tokens // most)) or tokens == 0  # no more chunks than needed
             assert not sizes or max(sizes) - min(sizes) <= len(sizes)  # even: at most one row per chunk apart
     assert loss_module.rows_per_chunk(1024, 50304) == 256  # the primary shape: 4 × 256, not 3 × 333 + 25
+
+
+def test_with_the_logits_kept_the_loss_never_waits_for_the_device(monkeypatch):
+    """Off the CPU the softmax makes a new tensor and the row losses come from the logits: no operator
+    that copies a value to the host (a GPU sync per chunk: the underflow check's bool()) is dispatched."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Record(TorchDispatchMode):
+        names: list[str] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    g = torch.Generator().manual_seed(5)
+    h, w = torch.randn(20, 8, generator=g), torch.randn(30, 8, generator=g)
+    y = torch.randint(0, 30, (20,), generator=g)
+    with Record() as in_place:  # the loop itself (the custom operator would hide it)
+        loss_module._loss_and_gradients(h.detach(), w.detach(), y, need_grad=True)
+    assert "_local_scalar_dense" in in_place.names  # the CPU path's underflow check (the recording works)
+    monkeypatch.setattr(loss_module, "_softmax_over_logits", lambda logits: torch.softmax(logits, 1))
+    Record.names = []
+    with Record() as kept:
+        loss_module._loss_and_gradients(h.detach(), w.detach(), y, need_grad=True)
+    assert "_local_scalar_dense" not in kept.names and "logsumexp" in kept.names
+
+
+def test_gpu_chunks_are_larger():
+    """On a GPU the primary shape's logits are one chunk (fewer launches); on CPU four of 256 rows."""
+    assert loss_module.chunk_elements(torch.device("cpu")) == loss_module.CHUNK_ELEMENTS
+    assert loss_module.chunk_elements(torch.device("cuda")) == loss_module.GPU_CHUNK_ELEMENTS
+    assert loss_module.rows_per_chunk(1024, 50304, loss_module.GPU_CHUNK_ELEMENTS) == 1024

@@ -22,6 +22,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 CHUNK_ELEMENTS = 1 << 24  # logits per chunk at most (64 MiB in float32): large enough for efficient products
+# On a GPU: 256 MiB chunks. At the benchmark shapes a GPU step is bound by launching its operators (an H200
+# took ~37 µs per operator, benchmarks/RESULTS.md "Operators dispatched per training step"), and each chunk
+# costs ~20 of them; the primary shape's 1024 × 50304 logits are then one chunk instead of four.
+GPU_CHUNK_ELEMENTS = 1 << 26
+
+
+def chunk_elements(device: torch.device) -> int:
+    """The most logits one chunk holds on ``device``."""
+    return CHUNK_ELEMENTS if device.type == "cpu" else GPU_CHUNK_ELEMENTS
 
 
 # Below this, a target's softmax probability is recomputed from the logits: −log S_iy stays exact to
@@ -38,9 +47,14 @@ def _softmax_over_logits(logits: Tensor) -> Tensor:
     return torch.softmax(logits, 1)
 
 
-def _row_losses(probs: Tensor, index: Tensor, counted: Tensor, h_c: Tensor, weight: Tensor) -> Tensor:
-    """−log S_{i,y_i} per row; counted rows whose target probability underflows (a loss of more than
-    69 nats) get logsumexp − z_y from their logits, recomputed (an uncounted row may be inf)."""
+def _row_losses(probs: Tensor, logits: Tensor, index: Tensor, counted: Tensor, h_c: Tensor, weight: Tensor) -> Tensor:
+    """−log S_{i,y_i} per row. Where the logits are still at hand (the softmax made a new tensor: off the
+    CPU), logsumexp − z_y from them, exact at any loss and with no wait for the device. Where the
+    softmax overwrote them (CPU), −log S_iy, and counted rows whose target probability underflows (a
+    loss of more than 69 nats) get logsumexp − z_y from their logits, recomputed (an uncounted row may
+    be inf)."""
+    if probs.data_ptr() != logits.data_ptr():
+        return torch.logsumexp(logits, 1) - logits.gather(1, index).squeeze(1)
     target = probs.gather(1, index).squeeze(1)
     row_loss = -target.log()
     far = (target < _SMALLEST_TARGET_PROBABILITY) & counted
@@ -51,12 +65,12 @@ def _row_losses(probs: Tensor, index: Tensor, counted: Tensor, h_c: Tensor, weig
     return row_loss
 
 
-def rows_per_chunk(tokens: int, vocab: int) -> int:
-    """Tokens per chunk: the fewest chunks of at most CHUNK_ELEMENTS logits, the tokens split evenly
-    among them, so that the reused buffer is no larger than one such chunk (the primary shape's 1024
-    tokens: 4 × 256 rows and a 49 MiB buffer, where full chunks and the rest, 3 × 333 + 25, needed 64 MiB;
-    the same speed within 2 % in benchmarks/kernels.py)."""
-    most = max(1, CHUNK_ELEMENTS // vocab)
+def rows_per_chunk(tokens: int, vocab: int, budget: int | None = None) -> int:
+    """Tokens per chunk: the fewest chunks of at most ``budget`` logits (default CHUNK_ELEMENTS), the
+    tokens split evenly among them, so that the reused buffer is no larger than one such chunk (the
+    primary shape's 1024 tokens on CPU: 4 × 256 rows and a 49 MiB buffer, where full chunks and the rest,
+    3 × 333 + 25, needed 64 MiB; the same speed within 2 % in benchmarks/kernels.py)."""
+    most = max(1, (CHUNK_ELEMENTS if budget is None else budget) // vocab)
     chunks = max(1, -(-tokens // most))
     return max(1, -(-tokens // chunks))
 
@@ -64,7 +78,7 @@ def rows_per_chunk(tokens: int, vocab: int) -> int:
 def _loss_and_gradients(h: Tensor, weight: Tensor, targets: Tensor, need_grad: bool) -> tuple[Tensor, Tensor, Tensor]:
     """(mean loss, ∂loss/∂h, ∂loss/∂W) by chunks of tokens (empty gradients without ``need_grad``)."""
     n, vocab = h.shape[0], weight.shape[0]
-    rows = rows_per_chunk(n, vocab)
+    rows = rows_per_chunk(n, vocab, chunk_elements(h.device))
     acc = torch.promote_types(h.dtype, torch.float32)  # float32 for bf16/fp32 inputs, float64 stays
     valid = targets != -1
     count = valid.sum().clamp_min(1)
@@ -84,7 +98,7 @@ def _loss_and_gradients(h: Tensor, weight: Tensor, targets: Tensor, need_grad: b
             logits = F.linear(h_c, weight).to(acc)
         index = y_c.clamp_min(0).unsqueeze(1)
         probs = _softmax_over_logits(logits)
-        row_loss = _row_losses(probs, index, v_c, h_c, weight_acc)
+        row_loss = _row_losses(probs, logits, index, v_c, h_c, weight_acc)
         total += torch.where(v_c, row_loss, 0).sum()
         if need_grad:
             probs.scatter_add_(1, index, -v_c.to(acc).unsqueeze(1))  # S − Y (no target: the row is weighted 0)

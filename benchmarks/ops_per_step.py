@@ -1,0 +1,106 @@
+"""Operators dispatched per training step (forward, backward and optimiser), per architecture, counted
+below autograd with a TorchDispatchMode on the CPU: exact and free of timing noise.
+
+On a GPU each computing operator is at least one kernel launch. At the benchmark shapes a GPU step is
+bound by launching them (an H200 step of B at the heavy shape takes ~10 ms for ~0.1 ms of arithmetic
+at the card's matrix rate), so there the eager step time follows this count, not the FLOPs: it is the
+CPU-side measure of what makes the GPU ratios. Views and metadata operators (no kernel) are counted
+apart. A custom operator counts once (the fused loss's chunk loop runs inside one), and one operator
+may launch several kernels, so the count is a proxy: compare architectures, not absolute figures.
+With --gpu-section the count is set beside an earlier GPU step-time section's figures.
+
+    python benchmarks/ops_per_step.py [--shapes primary,heavy,linear,v1] [--gpu-section blocks-{shape}-cuda-bf16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections import Counter
+from pathlib import Path
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from blocks_step_time import SHAPES, train_step_fn  # noqa: E402
+
+from sympformer.benchmarking import training_optimizer, write_section  # noqa: E402
+from sympformer.nn import SympFormerConfig, SympFormerLM  # noqa: E402
+from sympformer.utils import markdown_table  # noqa: E402
+
+# operators that only make views or read metadata: no kernel on any device
+NO_KERNEL = {
+    "detach", "view", "_unsafe_view", "t", "transpose", "permute", "unsqueeze", "squeeze", "expand", "slice",
+    "select", "split", "split_with_sizes", "chunk", "unbind", "alias", "as_strided", "reshape", "promote_types",
+    "result_type", "is_same_size", "_reshape_alias", "unflatten", "flatten", "narrow", "diagonal", "lift_fresh",
+    "_record_function_enter_new", "_record_function_exit",
+}  # fmt: skip
+
+
+class OperatorCount(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.counts[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def operators_per_step(shape: str, arch: str) -> Counter[str]:
+    """The operators of one training step (after a warm-up step, so that the optimiser state exists)."""
+    fields, batch, _, _ = SHAPES[shape]
+    idx = torch.randint(
+        0, fields["vocab_size"], (batch, fields["block_size"]), generator=torch.Generator().manual_seed(0)
+    )
+    model = SympFormerLM(SympFormerConfig(**fields, arch=arch))
+    step = train_step_fn(model, idx, training_optimizer(model), "fp32")
+    step()
+    with OperatorCount() as count:
+        step()
+    return count.counts
+
+
+def gpu_times(results: Path, key: str) -> dict[str, float]:
+    """{arch: ms per step} from a GPU block-time section of RESULTS.md (empty when there is none)."""
+    text = results.read_text() if results.exists() else ""
+    match = re.search(rf"<!-- section:{re.escape(key)} -->(.*?)<!-- end:{re.escape(key)} -->", text, re.S)
+    rows = re.findall(r"^\| (\w+) \| ([\d.]+) \|", match.group(1), re.M) if match else []
+    return {arch: float(ms) for arch, ms in rows}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shapes", default="primary,heavy,linear,v1")
+    parser.add_argument(
+        "--gpu-section", default="blocks-{shape}-cuda-bf16", help="RESULTS.md section with GPU step times to set beside"
+    )
+    parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
+    args = parser.parse_args()
+    bodies = []
+    for shape in args.shapes.split(","):
+        archs, base = SHAPES[shape][2], SHAPES[shape][2][0]
+        gpu = gpu_times(Path(args.results), args.gpu_section.format(shape=shape))
+        counts = {arch: operators_per_step(shape, arch) for arch in archs}
+        kernels = {arch: sum(n for op, n in c.items() if op not in NO_KERNEL) for arch, c in counts.items()}
+        rows = []
+        for arch in archs:
+            row = [arch, f"{kernels[arch]}", f"{sum(counts[arch].values()) - kernels[arch]}"]
+            row.append(f"{kernels[arch] / kernels[base]:.2f}")
+            if gpu:
+                row += [f"{gpu[arch]:.1f}", f"{gpu[arch] / gpu[base]:.2f}"] if arch in gpu else ["—", "—"]
+            rows.append(row)
+            print(" | ".join(row), flush=True)
+        header = ["arch", "computing operators / step", "view operators / step", f"operators × {base}"]
+        header += ["GPU ms / step", f"GPU × {base}"] if gpu else []
+        source = f" GPU figures: section `{args.gpu_section.format(shape=shape)}`." if gpu else ""
+        bodies.append(f"### shape `{shape}`\n{source}\n\n" + markdown_table(header, rows) + "\n")
+    body = "\n".join(bodies)
+    print(body)
+    write_section(args.results, "ops-per-step", "Operators dispatched per training step (CPU count)", body, "cpu")
+
+
+if __name__ == "__main__":
+    main()
