@@ -6,7 +6,8 @@
 # summary at the end says which failed. With OUT set (a folder), the log and RESULTS.md are copied
 # there after every step, so that an interrupted run still leaves what it measured.
 # The sympformer package need not be installed: src/ is put on the path where it is not.
-# ONLY=memory,profile runs just those steps (names: the first word after "step" below).
+#   ONLY=memory,profile   just those steps (names: the first word after `step` or `optional` below)
+#   ALL=1                 the optional steps too (fp32 timings, CUDA-graph compilation; ~2 minutes more)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -17,10 +18,9 @@ LOG=${OUT:+$OUT/gpu.log}
 LOG=${LOG:-/dev/null}
 failed=()
 
-step() {  # step NAME SECONDS COMMAND...: run with a time limit, log, keep going (skipped if ONLY omits NAME)
+run_step() {  # run_step NAME SECONDS COMMAND...: run with a time limit, log, keep going
   local name=$1 limit=$2 start=$SECONDS
   shift 2
-  [[ -z "${ONLY:-}" || ",$ONLY," == *",$name,"* ]] || return 0
   echo "=== $name ($(date -u +%H:%M:%S))" | tee -a "$LOG"
   timeout "$limit" "$@" 2>&1 | tee -a "$LOG"
   local rc=${PIPESTATUS[0]}
@@ -28,24 +28,44 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log, keep going
   [ "$rc" -eq 0 ] || failed+=("$name (exit $rc)")
   [ -z "${OUT:-}" ] || cp benchmarks/RESULTS.md "$OUT/RESULTS.md"
 }
+named() { [[ ",${ONLY:-}," == *",$1,"* ]]; }
+step() { if [ -z "${ONLY:-}" ] || named "$1"; then run_step "$@"; fi; }  # by default
+optional() { if named "$1" || { [ -z "${ONLY:-}" ] && [ -n "${ALL:-}" ]; }; then run_step "$@"; fi; }  # when asked
+
+# a short training run through the command line on the device: bf16, R2, then resumed; v1_pe
+# (TRAIN_DEVICE=cpu ONLY=train tries the step on a machine without a GPU)
+train_check() {
+  local tmp
+  tmp=$(mktemp -d)
+  local common=(--config configs/cpu-mini.yaml --set "data.corpus=files:src/sympformer/**/*.py"
+    --set data.tokenizer=bytes --set "data.dir=$tmp/data" --set model.vocab_size=256
+    --set "train.device=${TRAIN_DEVICE:-cuda}" --set train.precision=bf16 --set train.eval_interval=50 --quiet)
+  "$PY" -m sympformer train "${common[@]}" --set model.arch=R2 --set train.max_steps=100 --out "$tmp/r2" &&
+    "$PY" -m sympformer train "${common[@]}" --set model.arch=R2 --set train.max_steps=150 --out "$tmp/r2" --resume &&
+    "$PY" -m sympformer train "${common[@]}" --set model.arch=v1_pe --set train.max_steps=50 --out "$tmp/v1"
+}
 
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,temperature.gpu --format=csv | tee -a "$LOG"
 "$PY" -c "import sys, torch; print(sys.version.split()[0], torch.__version__, torch.cuda.get_device_name())" | tee -a "$LOG"
 step correctness 90 "$PY" benchmarks/gpu_check.py --device cuda
-step blocks-bf16 150 "$PY" benchmarks/blocks_step_time.py --device cuda --precision bf16 --rounds 5 --repeats 5
-step blocks-fp32 60 "$PY" benchmarks/blocks_step_time.py --device cuda --precision fp32 --rounds 3 --repeats 5 \
+step blocks-bf16 120 "$PY" benchmarks/blocks_step_time.py --device cuda --precision bf16 --rounds 3 --repeats 5
+optional blocks-fp32 60 "$PY" benchmarks/blocks_step_time.py --device cuda --precision fp32 --rounds 3 --repeats 5 \
   --shapes primary,heavy
 step memory 90 "$PY" benchmarks/memory.py --device cuda
 if "$PY" -c "import transformers" 2>/dev/null; then
   step vs-transformers-bf16 45 "$PY" benchmarks/vs_transformers.py --device cuda --precision bf16 --rounds 5 --repeats 5
-  step vs-transformers-fp32 45 "$PY" benchmarks/vs_transformers.py --device cuda --precision fp32 --rounds 5 --repeats 5
-else
-  [[ -n "${ONLY:-}" ]] || failed+=("vs transformers (transformers is not installed)")
+  optional vs-transformers-fp32 45 "$PY" benchmarks/vs_transformers.py --device cuda --precision fp32 --rounds 5 \
+    --repeats 5
+elif [ -z "${ONLY:-}" ]; then
+  failed+=("vs transformers (transformers is not installed)")
 fi
 step particles 60 "$PY" benchmarks/particles_scale.py --device cuda --sizes 1000,10000,100000 --dense-limit-gb 40
 step profile 60 "$PY" benchmarks/gpu_profile.py --precision bf16
 step compile 120 "$PY" benchmarks/compile.py --device cuda --archs B,H0,R2
-step compile-cudagraphs 120 "$PY" benchmarks/compile.py --device cuda --archs B,H0,R2 --mode reduce-overhead
+optional compile-cudagraphs 120 "$PY" benchmarks/compile.py --device cuda --archs B,H0,R2 --mode reduce-overhead
+export PY
+export -f train_check
+step train 120 bash -c train_check
 echo "failed steps: ${#failed[@]}" | tee -a "$LOG"
 for f in "${failed[@]}"; do echo "  $f" | tee -a "$LOG"; done
 [ "${#failed[@]}" -eq 0 ]

@@ -98,3 +98,17 @@ def test_operator_count_sees_every_dispatched_operator_and_reads_gpu_sections(tm
     )
     assert gpu_times(results, "blocks-v1-cuda-bf16") == {"B": 9.0, "v1_fe": 33.5}
     assert gpu_times(results, "blocks-heavy-cuda-bf16") == {}
+
+
+def test_gpu_script_parses_and_names_existing_scripts():
+    """benchmarks/gpu.sh runs where no test can (a lent GPU): at least its shell parses, and every
+    benchmark script and config it names exists."""
+    import re
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    script = root / "benchmarks" / "gpu.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    named = set(re.findall(r"(benchmarks/\w+\.py|configs/[\w-]+\.yaml)", script.read_text()))
+    assert {"benchmarks/gpu_check.py", "benchmarks/memory.py", "configs/cpu-mini.yaml"} <= named
+    assert all((root / path).is_file() for path in named), sorted(p for p in named if not (root / p).is_file())
