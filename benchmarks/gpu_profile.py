@@ -29,7 +29,7 @@ from sympformer.benchmarking import interleaved_times, median, training_optimize
 from sympformer.nn import SympFormerConfig, SympFormerLM  # noqa: E402
 from sympformer.utils import markdown_table  # noqa: E402
 
-CASES = "primary:B,primary:H0,primary:R2,heavy:B,heavy:H0,heavy:R2,v1:B,v1:v1_pe,v1:v1_strang"
+CASES = "primary:B,primary:H0,primary:R2,heavy:B,heavy:H0,heavy:R2,v1:B,v1:v1_fe,v1:v1_pe,v1:v1_strang"
 PROFILED_STEPS = 3
 
 

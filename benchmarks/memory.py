@@ -9,9 +9,10 @@ measured step; on CPU each architecture in a fresh process.
   *RSS*: the process's peak resident set above its own baseline (model built, before the first
   step), which includes them (noisy, shown for reference).
 - On a GPU, `torch.cuda.max_memory_allocated` over the measured step (parameters, AdamW state and
-  gradients included). There every architecture of a shape runs in ONE child process, one after another: the
-  previous model and its optimiser are freed first (asserted: nothing is left allocated but the
-  batch), so the exact allocated peak is the same as in a fresh process without a CUDA start each.
+  gradients included). There every architecture of a shape runs in ONE child process, one after
+  another, with no CUDA start each: the previous model and its optimiser are freed first, and what
+  the process itself keeps (cuBLAS workspaces, made at the first products of a throwaway run) is
+  subtracted from every peak; anything an architecture leaves behind is reported.
 
 Every architecture is measured twice: as configured by default, and with
 `activation_checkpointing: true` (each block recomputed in the backward pass; B too, for the ratio).

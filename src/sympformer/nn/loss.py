@@ -24,7 +24,9 @@ from torch import Tensor
 CHUNK_ELEMENTS = 1 << 24  # logits per chunk at most (64 MiB in float32): large enough for efficient products
 # On a GPU: 256 MiB chunks. At the benchmark shapes a GPU step is bound by launching its operators (an H200
 # took ~37 µs per operator, benchmarks/RESULTS.md "Operators dispatched per training step"), and each chunk
-# costs ~20 of them; the primary shape's 1024 × 50304 logits are then one chunk instead of four.
+# costs 20 of them; the primary shape's 1024 × 50304 logits are then one chunk instead of four (28 operators
+# in all instead of 88, counted with benchmarks/ops_per_step.py's OperatorCount; 111 before the row losses
+# came from the kept logits).
 GPU_CHUNK_ELEMENTS = 1 << 26
 
 
