@@ -16,24 +16,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from blocks_step_time import SHAPES  # noqa: E402
+from blocks_step_time import SHAPES, train_step_fn  # noqa: E402
 
 from sympformer.allocator import apply_allocator_choice  # noqa: E402
 from sympformer.benchmarking import interleaved_times, median, synchronize, training_optimizer, write_section  # noqa: E402
 from sympformer.nn import SympFormerConfig, SympFormerLM  # noqa: E402
 from sympformer.utils import markdown_table
-
-
-def step_fn(model, idx):
-    optimizer = training_optimizer(model)
-
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        _, loss = model(idx, idx, return_logits=False)
-        loss.backward()
-        optimizer.step()
-
-    return step
 
 
 def main() -> None:
@@ -59,8 +47,8 @@ def main() -> None:
     for arch in args.archs.split(","):
         eager = SympFormerLM(SympFormerConfig(**fields, arch=arch)).to(args.device)
         compiled = torch.compile(SympFormerLM(SympFormerConfig(**fields, arch=arch)).to(args.device), mode=args.mode)
-        contenders[f"{arch} eager"] = step_fn(eager, idx)
-        contenders[f"{arch} compiled"] = step_fn(compiled, idx)
+        contenders[f"{arch} eager"] = train_step_fn(eager, idx, training_optimizer(eager), "fp32")
+        contenders[f"{arch} compiled"] = train_step_fn(compiled, idx, training_optimizer(compiled), "fp32")
         start = time.perf_counter()
         contenders[f"{arch} compiled"]()  # triggers the compilation
         synchronize(args.device)

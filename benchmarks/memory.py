@@ -38,6 +38,7 @@ from sympformer.utils import markdown_table
 CHILD = r"""
 import json, resource, sys, torch
 from torch.profiler import ProfilerActivity, profile
+from blocks_step_time import train_step_fn
 from sympformer.allocator import apply_allocator_choice
 from sympformer.benchmarking import training_optimizer
 from sympformer.nn import SympFormerConfig, SympFormerLM
@@ -47,11 +48,7 @@ model = SympFormerLM(SympFormerConfig(**fields, arch=arch)).to(device)
 optimizer = training_optimizer(model)
 idx = torch.randint(0, fields["vocab_size"], (batch, fields["block_size"]), device=device)
 rss_base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-def step():
-    optimizer.zero_grad(set_to_none=True)
-    _, loss = model(idx, idx, return_logits=False)
-    loss.backward()
-    optimizer.step()
+step = train_step_fn(model, idx, optimizer, "fp32")
 # both steps under the profiler, so that every block freed in the measured step was allocated where the
 # profiler saw it (it drops the frees of older blocks: the warm-up's gradients, which zero_grad frees)
 with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
@@ -70,6 +67,7 @@ print(json.dumps({"allocated_mb": allocated / 2**20, "rss_mb": rss / 2**20}))
 
 CUDA_CHILD = r"""
 import gc, json, sys, torch
+from blocks_step_time import train_step_fn
 from sympformer.benchmarking import training_optimizer
 from sympformer.nn import SympFormerConfig, SympFormerLM
 runs, batch, device = json.loads(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
@@ -77,12 +75,7 @@ fields = runs[0][0]
 idx = torch.randint(0, fields["vocab_size"], (batch, fields["block_size"]), device=device)
 def peak(fields, arch):
     model = SympFormerLM(SympFormerConfig(**fields, arch=arch)).to(device)
-    optimizer = training_optimizer(model)
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        _, loss = model(idx, idx, return_logits=False)
-        loss.backward()
-        optimizer.step()
+    step = train_step_fn(model, idx, training_optimizer(model), "fp32")
     step()
     torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
     step(); torch.cuda.synchronize()
@@ -106,10 +99,15 @@ for fields, arch in runs:
 """
 
 
+def with_benchmarks_on_path(code: str) -> str:
+    """A child's code, able to import this folder's modules (the training step of blocks_step_time)."""
+    return f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})\n" + code
+
+
 def measure_cuda(runs: list[tuple[dict, str]], batch: int, device: str) -> list[dict | None]:
     """{"allocated_mb", "rss_mb": nan} of each (fields, arch), all in one child process (see the docstring)."""
     result = subprocess.run(
-        [sys.executable, "-c", CUDA_CHILD, json.dumps(runs), str(batch), device],
+        [sys.executable, "-c", with_benchmarks_on_path(CUDA_CHILD), json.dumps(runs), str(batch), device],
         capture_output=True,
         text=True,
         timeout=1800,
@@ -129,7 +127,7 @@ def measure_cuda(runs: list[tuple[dict, str]], batch: int, device: str) -> list[
 def measure(fields: dict, batch: int, arch: str, device: str) -> dict | None:
     """{"allocated_mb", "rss_mb"} of one architecture (fields may set activation_checkpointing)."""
     result = subprocess.run(
-        [sys.executable, "-c", CHILD, json.dumps(fields), str(batch), arch, device],
+        [sys.executable, "-c", with_benchmarks_on_path(CHILD), json.dumps(fields), str(batch), arch, device],
         capture_output=True,
         text=True,
         timeout=1800,
