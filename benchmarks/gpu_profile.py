@@ -42,15 +42,25 @@ def make_step(case: str, device: str, precision: str):
     return train_step_fn(model, idx, training_optimizer(model), precision)
 
 
-def device_work(step) -> tuple[float, float]:
-    """(seconds of device kernels, copies and fills per step, launches per step), over PROFILED_STEPS."""
+TOP_KERNELS = 4
+
+
+def device_work(step) -> tuple[float, float, list[tuple[str, float]]]:
+    """(seconds of device kernels, copies and fills per step, launches per step, the TOP_KERNELS kernel
+    names by their seconds per step), over PROFILED_STEPS."""
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for _ in range(PROFILED_STEPS):
             step()
         torch.cuda.synchronize()
-    records = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
-    busy_us = sum(e.time_range.end - e.time_range.start for e in records)
-    return busy_us * 1e-6 / PROFILED_STEPS, len(records) / PROFILED_STEPS
+    by_name: dict[str, float] = {}
+    launches = 0
+    for e in prof.events():
+        if e.device_type == DeviceType.CUDA:
+            by_name[e.name] = by_name.get(e.name, 0.0) + (e.time_range.end - e.time_range.start) * 1e-6
+            launches += 1
+    top = sorted(by_name.items(), key=lambda item: -item[1])[:TOP_KERNELS]
+    per_step = lambda seconds: seconds / PROFILED_STEPS
+    return per_step(sum(by_name.values())), launches / PROFILED_STEPS, [(n, per_step(t)) for n, t in top]
 
 
 def main() -> None:
@@ -73,7 +83,7 @@ def main() -> None:
     rows = []
     for case in cases:
         ref = reference[case.split(":")[0]]
-        (kernels, launches), (ref_kernels, _) = work[case], work[ref]
+        (kernels, launches, _), (ref_kernels, _, _) = work[case], work[ref]
         rows.append(
             [
                 case,
@@ -87,6 +97,9 @@ def main() -> None:
         )
     header = ["case", "wall ms / step", "kernel ms / step", "GPU busy", "kernels / step", "wall × ref", "kernels × ref"]
     body = f"{args.precision}; the first case of each shape is its reference.\n\n" + markdown_table(header, rows)
+    top_rows = [[case, name[:90], f"{seconds * 1e3:.3f}"] for case in cases for name, seconds in work[case][2]]
+    body += f"\n\nThe {TOP_KERNELS} longest kernels of each case (summed over their launches in a step):\n\n"
+    body += markdown_table(["case", "kernel", "ms / step"], top_rows)
     print(body)
     write_section(
         args.results,
