@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from blocks_step_time import SHAPES  # noqa: E402
+from blocks_step_time import SHAPES, with_benchmarks_on_path  # noqa: E402
 
 from sympformer.allocator import ENV  # noqa: E402
 from sympformer.benchmarking import median, write_section  # noqa: E402
@@ -28,19 +28,14 @@ ARCHS = {"primary": ["B", "H0", "R2"], "heavy": ["B", "H0"], "linear": ["B_L", "
 
 CHILD = r"""
 import json, resource, sys, torch
-sys.path.insert(0, sys.argv[3])
-from blocks_step_time import SHAPES, train_step_fn
+from blocks_step_time import shape_step
 from sympformer.allocator import apply_allocator_choice
-from sympformer.benchmarking import interleaved_times, median, training_optimizer
-from sympformer.nn import SympFormerConfig, SympFormerLM
+from sympformer.benchmarking import interleaved_times, median
 tuned = apply_allocator_choice()
-fields, batch, _, _ = SHAPES[sys.argv[1]]
 archs = sys.argv[2].split(",")
-idx = torch.randint(0, fields["vocab_size"], (batch, fields["block_size"]), generator=torch.Generator().manual_seed(0))
 steps = {}
 for arch in archs:
-    model = SympFormerLM(SympFormerConfig(**fields, arch=arch))
-    steps[arch] = train_step_fn(model, idx, training_optimizer(model), "fp32")
+    steps[arch] = shape_step(sys.argv[1], arch)
     steps[arch]()
 faults = {}
 for arch in archs:
@@ -55,7 +50,7 @@ print(json.dumps({"tuned": tuned, "ms": {a: median(t) * 1e3 for a, t in times.it
 def measure(shape: str, archs: list[str], mode: str) -> dict:
     env = {**os.environ, ENV: mode}
     result = subprocess.run(
-        [sys.executable, "-c", CHILD, shape, ",".join(archs), str(Path(__file__).resolve().parent)],
+        [sys.executable, "-c", with_benchmarks_on_path(CHILD), shape, ",".join(archs)],
         capture_output=True,
         text=True,
         env=env,

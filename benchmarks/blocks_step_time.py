@@ -46,16 +46,30 @@ def train_step_fn(model, idx, optimizer, precision):
     return step
 
 
+def with_benchmarks_on_path(code: str) -> str:
+    """A child process's code (``python -c``), able to import this folder's modules."""
+    return f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})\n" + code
+
+
+def shape_batch(shape: str, device: str = "cpu") -> torch.Tensor:
+    """The benchmark batch of ``shape``: seeded tokens (batch, context), the same in every script."""
+    fields, batch, _, _ = SHAPES[shape]
+    generator = torch.Generator().manual_seed(0)
+    return torch.randint(0, fields["vocab_size"], (batch, fields["block_size"]), generator=generator).to(device)
+
+
+def shape_step(shape: str, arch: str, device: str = "cpu", precision: str = "fp32", **overrides):
+    """One training step of ``arch`` at ``shape`` on its benchmark batch, with the trainer's optimiser
+    (``overrides``: further model fields, e.g. activation_checkpointing=True)."""
+    model = SympFormerLM(SympFormerConfig(**SHAPES[shape][0], **overrides, arch=arch)).to(device)
+    return train_step_fn(model, shape_batch(shape, device), training_optimizer(model), precision)
+
+
 def run(shape: str, device: str, rounds: int, repeats: int, precision: str, checkpointing: bool = False) -> str:
     fields, batch, archs, h0 = SHAPES[shape]
-    fields = {**fields, "activation_checkpointing": True} if checkpointing else fields
+    overrides = {"activation_checkpointing": True} if checkpointing else {}
     base = archs[0]
-    generator = torch.Generator().manual_seed(0)
-    idx = torch.randint(0, fields["vocab_size"], (batch, fields["block_size"]), generator=generator).to(device)
-    contenders = {}
-    for arch in archs:
-        model = SympFormerLM(SympFormerConfig(**fields, arch=arch)).to(device)
-        contenders[arch] = train_step_fn(model, idx, training_optimizer(model), precision)
+    contenders = {arch: shape_step(shape, arch, device, precision, **overrides) for arch in archs}
     times = interleaved_times(contenders, rounds=rounds, repeats=repeats, device=device)
     med = {arch: median(times[arch]) for arch in archs}
     rows = [

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from blocks_step_time import SHAPES, train_step_fn  # noqa: E402
+from blocks_step_time import SHAPES, shape_batch, train_step_fn  # noqa: E402
 
 from sympformer.allocator import apply_allocator_choice  # noqa: E402
 from sympformer.benchmarking import interleaved_times, median, synchronize, training_optimizer, write_section  # noqa: E402
@@ -40,9 +40,7 @@ def main() -> None:
     args = parser.parse_args()
     apply_allocator_choice()  # as the sympformer command does (SYMPFORMER_CPU_ALLOCATOR)
     fields, batch, _, _ = SHAPES[args.shape]
-    idx = torch.randint(
-        0, fields["vocab_size"], (batch, fields["block_size"]), generator=torch.Generator().manual_seed(0)
-    ).to(args.device)
+    idx = shape_batch(args.shape, args.device)
     contenders, compile_seconds = {}, {}
     for arch in args.archs.split(","):
         eager = SympFormerLM(SympFormerConfig(**fields, arch=arch)).to(args.device)

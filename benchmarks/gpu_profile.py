@@ -23,23 +23,13 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from blocks_step_time import SHAPES, train_step_fn  # noqa: E402
+from blocks_step_time import shape_step  # noqa: E402
 
-from sympformer.benchmarking import interleaved_times, median, training_optimizer, write_section  # noqa: E402
-from sympformer.nn import SympFormerConfig, SympFormerLM  # noqa: E402
+from sympformer.benchmarking import interleaved_times, median, write_section  # noqa: E402
 from sympformer.utils import markdown_table  # noqa: E402
 
 CASES = "primary:B,primary:H0,primary:R2,heavy:B,heavy:H0,heavy:R2,v1:B,v1:v1_fe,v1:v1_pe,v1:v1_strang"
 PROFILED_STEPS = 3
-
-
-def make_step(case: str, device: str, precision: str):
-    shape, arch = case.split(":")
-    fields, batch, _, _ = SHAPES[shape]
-    generator = torch.Generator().manual_seed(0)
-    idx = torch.randint(0, fields["vocab_size"], (batch, fields["block_size"]), generator=generator).to(device)
-    model = SympFormerLM(SympFormerConfig(**fields, arch=arch)).to(device)
-    return train_step_fn(model, idx, training_optimizer(model), precision)
 
 
 TOP_KERNELS = 4
@@ -74,7 +64,7 @@ def main() -> None:
     if not args.device.startswith("cuda") or not torch.cuda.is_available():
         sys.exit("gpu_profile.py profiles CUDA kernels: it needs a CUDA device (on CPU: profile_steps.py)")
     cases = args.cases.split(",")
-    steps = {case: make_step(case, args.device, args.precision) for case in cases}
+    steps = {case: shape_step(*case.split(":"), args.device, args.precision) for case in cases}
     wall = {case: median(t) for case, t in interleaved_times(steps, args.rounds, 5, args.device, warmup=2).items()}
     work = {case: device_work(steps[case]) for case in cases}
     reference = {}

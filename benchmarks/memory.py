@@ -30,7 +30,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from blocks_step_time import SHAPES  # noqa: E402
+from blocks_step_time import SHAPES, with_benchmarks_on_path  # noqa: E402
 
 from sympformer.benchmarking import write_section  # noqa: E402
 from sympformer.utils import markdown_table
@@ -97,11 +97,6 @@ for fields, arch in runs:
         print(f"{arch}: {(torch.cuda.memory_allocated() - held) / 2**20:+.2f} MiB held after it", file=sys.stderr)
         held = torch.cuda.memory_allocated()
 """
-
-
-def with_benchmarks_on_path(code: str) -> str:
-    """A child's code, able to import this folder's modules (the training step of blocks_step_time)."""
-    return f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})\n" + code
 
 
 def measure_cuda(runs: list[tuple[dict, str]], batch: int, device: str) -> list[dict | None]:

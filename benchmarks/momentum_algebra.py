@@ -19,10 +19,8 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from blocks_step_time import SHAPES, train_step_fn  # noqa: E402
+from blocks_step_time import SHAPES, shape_batch, train_step_fn  # noqa: E402
 
 import sympformer.nn.attention as attention_module  # noqa: E402
 import sympformer.nn.blocks as blocks_module  # noqa: E402
@@ -64,9 +62,7 @@ def in_mode(mode: str, fn):
 
 def run(shape: str, rounds: int) -> str:
     fields, batch, _, _ = SHAPES[shape]
-    idx = torch.randint(
-        0, fields["vocab_size"], (batch, fields["block_size"]), generator=torch.Generator().manual_seed(0)
-    )
+    idx = shape_batch(shape)
     contenders, saved = {}, {}
     for arch in ("B", *ARCHS[shape]):
         for mode in MODES if arch != "B" else ("—",):

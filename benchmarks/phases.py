@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from blocks_step_time import SHAPES, train_step_fn  # noqa: E402
+from blocks_step_time import SHAPES, shape_batch, train_step_fn  # noqa: E402
 
 from sympformer.allocator import apply_allocator_choice  # noqa: E402
 from sympformer.benchmarking import training_optimizer, write_section  # noqa: E402
@@ -29,10 +29,7 @@ from sympformer.utils import markdown_table  # noqa: E402
 def phase_rounds(shape: str, archs: list[str], rounds: int, steps: int = 2) -> list[dict[str, float]]:
     """Per round, the mean step time (ms) of every architecture over ``steps`` steps, the architectures
     taking turns in a fixed order (one warm-up step each before the first round)."""
-    fields, batch, _, _ = SHAPES[shape]
-    idx = torch.randint(
-        0, fields["vocab_size"], (batch, fields["block_size"]), generator=torch.Generator().manual_seed(0)
-    )
+    fields, idx = SHAPES[shape][0], shape_batch(shape)
     step_fns = {}
     for arch in archs:
         torch.manual_seed(0)

@@ -26,14 +26,13 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from blocks_step_time import SHAPES, train_step_fn  # noqa: E402
+from blocks_step_time import SHAPES, shape_batch, shape_step  # noqa: E402
 
 from sympformer.allocator import apply_allocator_choice  # noqa: E402
 from sympformer.benchmarking import (  # noqa: E402
     interleaved_times,
     median,
     saved_bytes_by_site,
-    training_optimizer,
     write_section,
 )
 from sympformer.nn import SympFormerConfig, SympFormerLM  # noqa: E402
@@ -49,16 +48,11 @@ PROFILED = [  # (case, reference case): ratios with a DESIGN.md target
 
 def step_for(shape: str, arch: str):
     """One training step of ``arch`` at ``shape`` (arch "gpt2": transformers' GPT-2 configured like B)."""
-    fields, batch, _, _ = SHAPES[shape]
-    idx = torch.randint(
-        0, fields["vocab_size"], (batch, fields["block_size"]), generator=torch.Generator().manual_seed(0)
-    )
     if arch == "gpt2":
         from vs_transformers import gpt2, step_fn
 
-        return step_fn(gpt2(fields), idx, hf=True, precision="fp32")
-    model = SympFormerLM(SympFormerConfig(**fields, arch=arch))
-    return train_step_fn(model, idx, training_optimizer(model), "fp32")
+        return step_fn(gpt2(SHAPES[shape][0]), shape_batch(shape), hf=True, precision="fp32")
+    return shape_step(shape, arch)
 
 
 def profile_cases(cases: list[str], rows: int, rounds: int = 3) -> dict[str, str]:
@@ -221,10 +215,7 @@ def saved_activations(shape: str, archs: list[str], top: int = 10) -> str:
     """Bytes that autograd keeps for the backward pass (distinct storages) per architecture, in total
     and by the code that saved them: the activation part of the training memory, free of allocator
     effects, and what dominates it."""
-    fields, batch, _, _ = SHAPES[shape]
-    idx = torch.randint(
-        0, fields["vocab_size"], (batch, fields["block_size"]), generator=torch.Generator().manual_seed(0)
-    )
+    fields, idx = SHAPES[shape][0], shape_batch(shape)
     by_site = {}
     for arch in archs:
         model = SympFormerLM(SympFormerConfig(**fields, arch=arch))
