@@ -18,7 +18,7 @@ import yaml
 from helpers import tiny_config
 from sympformer.nn import SympFormerConfig, SympFormerLM
 from sympformer.train import ConfigError, RunFolderError, TrainingDiverged, build, load, train
-from sympformer.train.checkpoint import load_checkpoint, save_checkpoint
+from sympformer.train.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from sympformer.train.optim import build_optimizer, learning_rate
 
 
@@ -206,6 +206,29 @@ def test_resume_after_sigkill_is_bitwise_identical(tiny_data, tmp_path):
     rows = lambda run: (tmp_path / run / "metrics.csv").read_text().splitlines()
     strip = lambda lines: [",".join(r.split(",")[:5]) for r in lines]  # timing columns differ
     assert strip(rows("a")) == strip(rows("b"))
+
+
+class _HeldOnAnotherDevice:
+    """Stands for a generator state that torch.load put on a GPU (map_location): torch refuses it until
+    ``.cpu()`` brings it back."""
+
+    def __init__(self, state: torch.Tensor) -> None:
+        self.state = state
+
+    def cpu(self) -> torch.Tensor:
+        return self.state
+
+
+def test_restore_rng_brings_generator_states_back_to_the_cpu():
+    """The H200 run's resume failed with "RNG state must be a torch.ByteTensor": the checkpoint had been
+    read onto the GPU. restore_rng must accept such a state and continue the captured stream."""
+    torch.manual_seed(3)
+    state = capture_rng()
+    expected = torch.rand(4)
+    torch.manual_seed(99)
+    state["torch"] = _HeldOnAnotherDevice(state["torch"])
+    restore_rng(state)
+    assert torch.equal(torch.rand(4), expected)
 
 
 def test_cli_reports_divergence_and_bad_config(tiny_data, tmp_path):

@@ -22,11 +22,14 @@ def capture_rng() -> dict:
 
 
 def restore_rng(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
+    """Set the generators to a :func:`capture_rng` state. Generator states are CPU byte tensors whatever
+    device they seed; a checkpoint read with a CUDA ``map_location`` holds them on the GPU, so they are
+    brought back first (torch refuses them there: "RNG state must be a torch.ByteTensor")."""
+    torch.set_rng_state(state["torch"].cpu())
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict) -> None:

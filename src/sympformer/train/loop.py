@@ -152,7 +152,9 @@ def train(
 
     step, tokens, wall = 0, 0, 0.0
     if resume:
-        state = load_checkpoint(latest, map_location=device)
+        # read onto the CPU: load_state_dict copies weights and optimizer state to the model's device,
+        # and the generator states must stay CPU tensors
+        state = load_checkpoint(latest)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         train_iter.load_state_dict(state["iterator"])
