@@ -35,6 +35,20 @@ PROFILED_STEPS = 3
 TOP_KERNELS = 4
 
 
+def kernel_seconds(events) -> tuple[dict[str, float], int]:
+    """({kernel, copy or fill name: seconds summed over its launches}, launches) from profiler events.
+    Only the device's own records count: not the CPU's, and not the user annotations the profiler also
+    draws on the GPU timeline (``Optimizer.step#AdamW.step`` spans the optimizer's kernels, which are
+    counted themselves; the first H200 profile summed it with them)."""
+    by_name: dict[str, float] = {}
+    launches = 0
+    for e in events:
+        if e.device_type == DeviceType.CUDA and not getattr(e, "is_user_annotation", False):
+            by_name[e.name] = by_name.get(e.name, 0.0) + (e.time_range.end - e.time_range.start) * 1e-6
+            launches += 1
+    return by_name, launches
+
+
 def device_work(step) -> tuple[float, float, list[tuple[str, float]]]:
     """(seconds of device kernels, copies and fills per step, launches per step, the TOP_KERNELS kernel
     names by their seconds per step), over PROFILED_STEPS."""
@@ -42,12 +56,7 @@ def device_work(step) -> tuple[float, float, list[tuple[str, float]]]:
         for _ in range(PROFILED_STEPS):
             step()
         torch.cuda.synchronize()
-    by_name: dict[str, float] = {}
-    launches = 0
-    for e in prof.events():
-        if e.device_type == DeviceType.CUDA:
-            by_name[e.name] = by_name.get(e.name, 0.0) + (e.time_range.end - e.time_range.start) * 1e-6
-            launches += 1
+    by_name, launches = kernel_seconds(prof.events())
     top = sorted(by_name.items(), key=lambda item: -item[1])[:TOP_KERNELS]
     per_step = lambda seconds: seconds / PROFILED_STEPS
     return per_step(sum(by_name.values())), launches / PROFILED_STEPS, [(n, per_step(t)) for n, t in top]

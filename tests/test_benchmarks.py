@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+
 from sympformer.benchmarking import interleaved_times, write_section
 from sympformer.nn import CAUSAL_ARCHS
 
@@ -98,6 +100,30 @@ def test_operator_count_sees_every_dispatched_operator_and_reads_gpu_sections(tm
     )
     assert gpu_times(results, "blocks-v1-cuda-bf16") == {"B": 9.0, "v1_fe": 33.5}
     assert gpu_times(results, "blocks-heavy-cuda-bf16") == {}
+
+
+def test_gpu_profile_sums_device_records_but_not_annotations():
+    """Kernels, copies and fills count once each; CPU records and the optimizer's GPU-timeline annotation
+    (which spans kernels counted on their own) do not."""
+    from types import SimpleNamespace
+
+    from gpu_profile import kernel_seconds
+    from torch.autograd import DeviceType
+
+    def record(name, start_us, end_us, device=DeviceType.CUDA, annotation=False):
+        span = SimpleNamespace(start=start_us, end=end_us)
+        return SimpleNamespace(name=name, device_type=device, time_range=span, is_user_annotation=annotation)
+
+    events = [
+        record("Optimizer.step#AdamW.step", 0, 500, annotation=True),
+        record("multi_tensor_apply_kernel", 10, 210),
+        record("multi_tensor_apply_kernel", 250, 400),
+        record("Memcpy HtoD", 400, 450),
+        record("aten::mm", 0, 900, device=DeviceType.CPU),
+    ]
+    by_name, launches = kernel_seconds(events)
+    assert launches == 3
+    assert by_name == pytest.approx({"multi_tensor_apply_kernel": 350e-6, "Memcpy HtoD": 50e-6})
 
 
 def test_gpu_script_parses_and_names_existing_scripts():
