@@ -4,6 +4,7 @@ after warm-up (the compile time is reported separately).
 
     python benchmarks/compile.py [--device cpu] [--archs B,H0,R2] [--shape primary]
     python benchmarks/compile.py --shape v1 --archs B,v1_fe,v1_pe
+    python benchmarks/compile.py --device cuda --precision bf16 --mode reduce-overhead   # CUDA graphs
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def main() -> None:
         choices=["default", "reduce-overhead", "max-autotune-no-cudagraphs"],
         help="torch.compile's mode (reduce-overhead: CUDA graphs, which replay a step's launches at once)",
     )
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="bf16: autocast")
     parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
     args = parser.parse_args()
     apply_allocator_choice()  # as the sympformer command does (SYMPFORMER_CPU_ALLOCATOR)
@@ -45,8 +47,8 @@ def main() -> None:
     for arch in args.archs.split(","):
         eager = SympFormerLM(SympFormerConfig(**fields, arch=arch)).to(args.device)
         compiled = torch.compile(SympFormerLM(SympFormerConfig(**fields, arch=arch)).to(args.device), mode=args.mode)
-        contenders[f"{arch} eager"] = train_step_fn(eager, idx, training_optimizer(eager), "fp32")
-        contenders[f"{arch} compiled"] = train_step_fn(compiled, idx, training_optimizer(compiled), "fp32")
+        contenders[f"{arch} eager"] = train_step_fn(eager, idx, training_optimizer(eager), args.precision)
+        contenders[f"{arch} compiled"] = train_step_fn(compiled, idx, training_optimizer(compiled), args.precision)
         start = time.perf_counter()
         contenders[f"{arch} compiled"]()  # triggers the compilation
         synchronize(args.device)
@@ -69,14 +71,17 @@ def main() -> None:
             ]
         )
     header = ["arch", "eager ms / step", "compiled ms / step", "speed-up", f"eager × {first}", f"compiled × {first}"]
-    body = f"shape `{args.shape}`: {fields}, batch {batch}, fp32\n\n" + markdown_table(
+    body = f"shape `{args.shape}`: {fields}, batch {batch}, {args.precision}\n\n" + markdown_table(
         [*header, "compile time (s)"], rows
     )
     print(body)
     device = args.device.split(":")[0]
     mode = args.mode if args.mode not in (None, "default") else None
+    precision = "" if args.precision == "fp32" else f"-{args.precision}"
     key = f"compile-{device}" + ("" if args.shape == "primary" else f"-{args.shape}") + (f"-{mode}" if mode else "")
-    title = f"torch.compile on and off, shape `{args.shape}` ({args.device}" + (f", mode {mode})" if mode else ")")
+    key += precision
+    title = f"torch.compile on and off, shape `{args.shape}` ({args.device}" + (f", mode {mode}" if mode else "")
+    title += f", {args.precision})" if precision else ")"
     write_section(args.results, key, title, body, args.device)
 
 

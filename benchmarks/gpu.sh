@@ -7,7 +7,8 @@
 # there after every step, so that an interrupted run still leaves what it measured.
 # The sympformer package need not be installed: src/ is put on the path where it is not.
 #   ONLY=memory,profile   just those steps (names: the first word after `step` or `optional` below)
-#   ALL=1                 the optional steps too (fp32 timings, CUDA-graph compilation; ~2 minutes more)
+#   ALL=1                 the optional steps too (fp32 timings, compilation at the other shapes and in fp32
+#                         without CUDA graphs; ~4 minutes more)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -32,8 +33,8 @@ named() { [[ ",${ONLY:-}," == *",$1,"* ]]; }
 step() { if [ -z "${ONLY:-}" ] || named "$1"; then run_step "$@"; fi; }  # by default
 optional() { if named "$1" || { [ -z "${ONLY:-}" ] && [ -n "${ALL:-}" ]; }; then run_step "$@"; fi; }  # when asked
 
-# a short training run through the command line on the device: bf16, R2, then resumed; v1_pe
-# (TRAIN_DEVICE=cpu ONLY=train tries the step on a machine without a GPU)
+# a short training run through the command line on the device: bf16, R2, then resumed; v1_pe; R2
+# compiled with CUDA graphs (TRAIN_DEVICE=cpu ONLY=train tries the step on a machine without a GPU)
 train_check() {
   local tmp
   tmp=$(mktemp -d)
@@ -42,7 +43,9 @@ train_check() {
     --set "train.device=${TRAIN_DEVICE:-cuda}" --set train.precision=bf16 --set train.eval_interval=50 --quiet)
   "$PY" -m sympformer train "${common[@]}" --set model.arch=R2 --set train.max_steps=100 --out "$tmp/r2" &&
     "$PY" -m sympformer train "${common[@]}" --set model.arch=R2 --set train.max_steps=150 --out "$tmp/r2" --resume &&
-    "$PY" -m sympformer train "${common[@]}" --set model.arch=v1_pe --set train.max_steps=50 --out "$tmp/v1"
+    "$PY" -m sympformer train "${common[@]}" --set model.arch=v1_pe --set train.max_steps=50 --out "$tmp/v1" &&
+    "$PY" -m sympformer train "${common[@]}" --set model.arch=R2 --set train.max_steps=60 --set train.compile=true \
+      --set train.compile_mode="${TRAIN_COMPILE_MODE:-reduce-overhead}" --out "$tmp/r2-graphs"
 }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,temperature.gpu --format=csv | tee -a "$LOG"
@@ -61,8 +64,12 @@ elif [ -z "${ONLY:-}" ]; then
 fi
 step particles 60 "$PY" benchmarks/particles_scale.py --device cuda --sizes 1000,10000,100000 --dense-limit-gb 40
 step profile 60 "$PY" benchmarks/gpu_profile.py --precision bf16
-step compile 120 "$PY" benchmarks/compile.py --device cuda --archs B,H0,R2
-optional compile-cudagraphs 120 "$PY" benchmarks/compile.py --device cuda --archs B,H0,R2 --mode reduce-overhead
+# compiled with CUDA graphs (a launch-bound step replayed at once), bf16 like the block timings
+graphs=(--device cuda --precision bf16 --mode reduce-overhead)
+step compile 120 "$PY" benchmarks/compile.py "${graphs[@]}" --archs B,H0,R2
+optional compile-heavy 120 "$PY" benchmarks/compile.py "${graphs[@]}" --archs B,H0,R2 --shape heavy
+optional compile-v1 150 "$PY" benchmarks/compile.py "${graphs[@]}" --archs B,v1_fe,v1_pe --shape v1
+optional compile-fp32 120 "$PY" benchmarks/compile.py --device cuda --archs B,H0,R2
 export PY
 export -f train_check
 step train 120 bash -c train_check

@@ -33,6 +33,10 @@ def test_config_rejects_unknown_keys_and_lists_valid_ones(tmp_path):
         build({"train": {}})
     with pytest.raises(ConfigError, match="precision"):
         build({"train": {"max_steps": 1, "precision": "fp8"}})
+    with pytest.raises(ConfigError, match="compile_mode 'fast'; valid: default, reduce-overhead"):
+        build({"train": {"max_steps": 1, "compile": True, "compile_mode": "fast"}})
+    with pytest.raises(ConfigError, match="only with train.compile: true"):
+        build({"train": {"max_steps": 1, "compile_mode": "reduce-overhead"}})
     with pytest.raises(ConfigError, match="model: unknown arch"):
         build({"model": {"arch": "Z"}, "train": {"max_steps": 1}})
 
@@ -244,6 +248,22 @@ def test_cli_reports_divergence_and_bad_config(tiny_data, tmp_path):
 
 
 @pytest.mark.slow
+def test_compile_mode_reaches_torch_compile(tiny_data, tmp_path, monkeypatch):
+    """train.compile_mode is torch.compile's mode ("default" is torch's None); the model it returns is
+    the one trained."""
+    seen = []
+
+    def record(model, mode=None):
+        seen.append(mode)
+        return model
+
+    monkeypatch.setattr(torch, "compile", record)
+    for mode, expected in (("reduce-overhead", "reduce-overhead"), ("default", None)):
+        _, config = tiny_config(tiny_data, max_steps=1, eval_interval=1, compile=True, compile_mode=mode)
+        assert train(config, tmp_path / mode, progress=False)["steps"] == 1
+    assert seen == ["reduce-overhead", None]
+
+
 def test_compiled_runs_of_several_models_in_one_process(tiny_data, tmp_path):
     """`compare` trains its architectures one after another in one process; with train.compile and
     activation checkpointing each compiled run must still work (torch 2.13's dynamo failed on the

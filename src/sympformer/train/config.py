@@ -14,6 +14,9 @@ import yaml
 from sympformer.nn.config import SympFormerConfig
 
 PRECISIONS = ("fp32", "bf16")
+# torch.compile's modes; reduce-overhead replays each step's kernel launches as CUDA graphs, which is
+# what small models on a GPU need (a step there is bound by launching kernels: benchmarks/RESULTS.md)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 class ConfigError(ValueError):
@@ -55,6 +58,7 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "fp32"
     compile: bool = False
+    compile_mode: str = "default"
     sample_tokens: int = 200
     sample_prompt: str | None = None
     sample_temperature: float = 0.8
@@ -176,6 +180,10 @@ def validate_train(t: TrainConfig) -> None:
         raise ConfigError(f"train.warmup must be ≥ 0 (steps, or a fraction < 1), got {t.warmup!r}")
     if t.precision not in PRECISIONS:
         raise ConfigError(f"unknown train.precision {t.precision!r}; valid: {', '.join(PRECISIONS)}")
+    if t.compile_mode not in COMPILE_MODES:
+        raise ConfigError(f"unknown train.compile_mode {t.compile_mode!r}; valid: {', '.join(COMPILE_MODES)}")
+    if t.compile_mode != "default" and not t.compile:
+        raise ConfigError(f"train.compile_mode {t.compile_mode!r} takes effect only with train.compile: true")
     if t.grad_clip < 0 or t.weight_decay < 0 or t.scalar_lr_mult <= 0:
         raise ConfigError("train.grad_clip and train.weight_decay must be ≥ 0 and train.scalar_lr_mult > 0")
     if len(t.betas) != 2 or not all(0 <= b < 1 for b in t.betas):

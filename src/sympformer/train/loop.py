@@ -172,7 +172,7 @@ def train(
         # a fresh dynamo state per run: `compare` trains several models in one process, and nothing from
         # an earlier model's compilation applies to this one
         torch._dynamo.reset()
-        runner = torch.compile(runner)
+        runner = torch.compile(runner, mode=None if t.compile_mode == "default" else t.compile_mode)
     if info.enabled:
         runner = DistributedDataParallel(runner, device_ids=[device.index] if device.type == "cuda" else None)
 
