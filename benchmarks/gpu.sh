@@ -69,6 +69,7 @@ graphs=(--device cuda --precision bf16 --mode reduce-overhead)
 step compile 120 "$PY" benchmarks/compile.py "${graphs[@]}" --archs B,H0,R2
 optional compile-heavy 120 "$PY" benchmarks/compile.py "${graphs[@]}" --archs B,H0,R2 --shape heavy
 optional compile-v1 150 "$PY" benchmarks/compile.py "${graphs[@]}" --archs B,v1_fe,v1_pe --shape v1
+optional compile-linear 120 "$PY" benchmarks/compile.py "${graphs[@]}" --archs B_L,H0_L,R2_L --shape linear
 optional compile-fp32 120 "$PY" benchmarks/compile.py --device cuda --archs B,H0,R2
 export PY
 export -f train_check
