@@ -34,6 +34,9 @@ step() { if [ -z "${ONLY:-}" ] || named "$1"; then run_step "$@"; fi; }  # by de
 optional() { if named "$1" || { [ -z "${ONLY:-}" ] && [ -n "${ALL:-}" ]; }; then run_step "$@"; fi; }  # when asked
 
 # a short training run through the command line on the device: bf16, R2, then resumed; v1_pe; R2
+export PY
+export -f train_check
+step train 150 bash -c train_check
 # compiled with CUDA graphs (TRAIN_DEVICE=cpu ONLY=train tries the step on a machine without a GPU)
 train_check() {
   local tmp
@@ -64,6 +67,9 @@ elif [ -z "${ONLY:-}" ]; then
 fi
 step particles 60 "$PY" benchmarks/particles_scale.py --device cuda --sizes 1000,10000,100000 --dense-limit-gb 40
 step profile 60 "$PY" benchmarks/gpu_profile.py --precision bf16
+export PY
+export -f train_check
+step train 150 bash -c train_check
 # compiled with CUDA graphs (a launch-bound step replayed at once), bf16 like the block timings
 graphs=(--device cuda --precision bf16 --mode reduce-overhead)
 step compile 120 "$PY" benchmarks/compile.py "${graphs[@]}" --archs B,H0,R2
@@ -71,9 +77,6 @@ optional compile-heavy 120 "$PY" benchmarks/compile.py "${graphs[@]}" --archs B,
 optional compile-v1 150 "$PY" benchmarks/compile.py "${graphs[@]}" --archs B,v1_fe,v1_pe --shape v1
 optional compile-linear 120 "$PY" benchmarks/compile.py "${graphs[@]}" --archs B_L,H0_L,R2_L --shape linear
 optional compile-fp32 120 "$PY" benchmarks/compile.py --device cuda --archs B,H0,R2
-export PY
-export -f train_check
-step train 120 bash -c train_check
 echo "failed steps: ${#failed[@]}" | tee -a "$LOG"
 for f in "${failed[@]}"; do echo "  $f" | tee -a "$LOG"; done
 [ "${#failed[@]}" -eq 0 ]
