@@ -7,6 +7,7 @@
 # there after every step, so that an interrupted run still leaves what it measured.
 # The sympformer package need not be installed: src/ is put on the path where it is not.
 #   ONLY=memory,profile   just those steps (names: the first word after `step` or `optional` below)
+#   DRY=1                 list the steps and their commands without running them
 #   ALL=1                 the optional steps too (fp32 timings, compilation at the other shapes and in fp32
 #                         without CUDA graphs; ~4 minutes more)
 set -uo pipefail
@@ -22,6 +23,7 @@ failed=()
 run_step() {  # run_step NAME SECONDS COMMAND...: run with a time limit, log, keep going
   local name=$1 limit=$2 start=$SECONDS
   shift 2
+  if [ -n "${DRY:-}" ]; then echo "$name ($limit s): $*"; return; fi
   echo "=== $name ($(date -u +%H:%M:%S))" | tee -a "$LOG"
   timeout "$limit" "$@" 2>&1 | tee -a "$LOG"
   local rc=${PIPESTATUS[0]}
@@ -34,9 +36,6 @@ step() { if [ -z "${ONLY:-}" ] || named "$1"; then run_step "$@"; fi; }  # by de
 optional() { if named "$1" || { [ -z "${ONLY:-}" ] && [ -n "${ALL:-}" ]; }; then run_step "$@"; fi; }  # when asked
 
 # a short training run through the command line on the device: bf16, R2, then resumed; v1_pe; R2
-export PY
-export -f train_check
-step train 150 bash -c train_check
 # compiled with CUDA graphs (TRAIN_DEVICE=cpu ONLY=train tries the step on a machine without a GPU)
 train_check() {
   local tmp
@@ -51,8 +50,9 @@ train_check() {
       --set train.compile_mode="${TRAIN_COMPILE_MODE:-reduce-overhead}" --out "$tmp/r2-graphs"
 }
 
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,temperature.gpu --format=csv | tee -a "$LOG"
-"$PY" -c "import sys, torch; print(sys.version.split()[0], torch.__version__, torch.cuda.get_device_name())" | tee -a "$LOG"
+[ -n "${DRY:-}" ] || nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,temperature.gpu --format=csv | tee -a "$LOG"
+[ -n "${DRY:-}" ] || "$PY" -c "import sys, torch; print(sys.version.split()[0], torch.__version__, torch.cuda.get_device_name())" |
+  tee -a "$LOG"
 step correctness 90 "$PY" benchmarks/gpu_check.py --device cuda
 step blocks-bf16 120 "$PY" benchmarks/blocks_step_time.py --device cuda --precision bf16 --rounds 3 --repeats 5
 optional blocks-fp32 60 "$PY" benchmarks/blocks_step_time.py --device cuda --precision fp32 --rounds 3 --repeats 5 \

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -138,3 +139,13 @@ def test_gpu_script_parses_and_names_existing_scripts():
     named = set(re.findall(r"(benchmarks/\w+\.py|configs/[\w-]+\.yaml)", script.read_text()))
     assert {"benchmarks/gpu_check.py", "benchmarks/memory.py", "configs/cpu-mini.yaml"} <= named
     assert all((root / path).is_file() for path in named), sorted(p for p in named if not (root / p).is_file())
+    # a dry run lists every step once, in order, with no shell error (the second H200 run lost its first
+    # training step to an `export -f` placed before the function it exports)
+    env = {**os.environ, "DRY": "1", "ALL": "1"}
+    env.pop("ONLY", None)
+    dry = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env, cwd=root)
+    assert dry.returncode == 0 and dry.stderr == "", dry.stderr
+    steps = [line.split(" (")[0] for line in dry.stdout.splitlines() if " s): " in line]
+    assert len(steps) == len(set(steps)) and {"correctness", "train", "compile", "compile-fp32"} <= set(steps), steps
+    only = subprocess.run(["bash", str(script)], capture_output=True, text=True, env={**env, "ONLY": "train"}, cwd=root)
+    assert [line.split(" (")[0] for line in only.stdout.splitlines() if " s): " in line] == ["train"]
