@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The GPU subset of the benchmarks (bf16 autocast, flash SDPA), about 5 minutes on one H100/H200.
+# The GPU subset of the benchmarks (bf16 autocast, flash SDPA), about 5 minutes on one H100/H200 (the
+# default steps take about 4.8 minutes by the step times of the H200 runs of 2026-11-28).
 # Usage (repository root, CUDA machine): bash benchmarks/gpu.sh
 # Figures go to benchmarks/RESULTS.md sections keyed "cuda" (the card's name is recorded with them).
 # Correctness first (benchmarks/gpu_check.py); every later step runs even if one fails, and the
@@ -9,7 +10,7 @@
 #   ONLY=memory,profile   just those steps (names: the first word after `step` or `optional` below)
 #   DRY=1                 list the steps and their commands without running them
 #   ALL=1                 the optional steps too (fp32 timings, compilation at the other shapes and in fp32
-#                         without CUDA graphs; ~4 minutes more)
+#                         without CUDA graphs, two more training runs, the particle lab; ~7 minutes more)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -35,19 +36,25 @@ named() { [[ ",${ONLY:-}," == *",$1,"* ]]; }
 step() { if [ -z "${ONLY:-}" ] || named "$1"; then run_step "$@"; fi; }  # by default
 optional() { if named "$1" || { [ -z "${ONLY:-}" ] && [ -n "${ALL:-}" ]; }; then run_step "$@"; fi; }  # when asked
 
-# a short training run through the command line on the device: bf16, R2, then resumed; v1_pe; R2
-# compiled with CUDA graphs (TRAIN_DEVICE=cpu ONLY=train tries the step on a machine without a GPU)
-train_check() {
-  local tmp
-  tmp=$(mktemp -d)
-  local common=(--config configs/cpu-mini.yaml --set "data.corpus=files:src/sympformer/**/*.py"
-    --set data.tokenizer=bytes --set "data.dir=$tmp/data" --set model.vocab_size=256
+# short training runs through the command line on the device, bf16 (TRAIN_DEVICE=cpu ONLY=train tries
+# them on a machine without a GPU): train_check R2, then resumed; train_more v1_pe, and R2 compiled with
+# CUDA graphs. Each command starts torch on the device, ~15 s on the H200.
+train_common() {
+  TRAIN_TMP=$(mktemp -d)
+  COMMON=(--config configs/cpu-mini.yaml --set "data.corpus=files:src/sympformer/**/*.py"
+    --set data.tokenizer=bytes --set "data.dir=$TRAIN_TMP/data" --set model.vocab_size=256
     --set "train.device=${TRAIN_DEVICE:-cuda}" --set train.precision=bf16 --set train.eval_interval=50 --quiet)
-  "$PY" -m sympformer train "${common[@]}" --set model.arch=R2 --set train.max_steps=100 --out "$tmp/r2" &&
-    "$PY" -m sympformer train "${common[@]}" --set model.arch=R2 --set train.max_steps=150 --out "$tmp/r2" --resume &&
-    "$PY" -m sympformer train "${common[@]}" --set model.arch=v1_pe --set train.max_steps=50 --out "$tmp/v1" &&
-    "$PY" -m sympformer train "${common[@]}" --set model.arch=R2 --set train.max_steps=60 --set train.compile=true \
-      --set train.compile_mode="${TRAIN_COMPILE_MODE:-reduce-overhead}" --out "$tmp/r2-graphs"
+}
+train_check() {
+  train_common
+  "$PY" -m sympformer train "${COMMON[@]}" --set model.arch=R2 --set train.max_steps=100 --out "$TRAIN_TMP/r2" &&
+    "$PY" -m sympformer train "${COMMON[@]}" --set model.arch=R2 --set train.max_steps=150 --out "$TRAIN_TMP/r2" --resume
+}
+train_more() {
+  train_common
+  "$PY" -m sympformer train "${COMMON[@]}" --set model.arch=v1_pe --set train.max_steps=50 --out "$TRAIN_TMP/v1" &&
+    "$PY" -m sympformer train "${COMMON[@]}" --set model.arch=R2 --set train.max_steps=60 --set train.compile=true \
+      --set train.compile_mode="${TRAIN_COMPILE_MODE:-reduce-overhead}" --out "$TRAIN_TMP/r2-graphs"
 }
 
 [ -n "${DRY:-}" ] || nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,temperature.gpu --format=csv | tee -a "$LOG"
@@ -65,11 +72,12 @@ if "$PY" -c "import transformers" 2>/dev/null; then
 elif [ -z "${ONLY:-}" ]; then
   failed+=("vs transformers (transformers is not installed)")
 fi
-step particles 60 "$PY" benchmarks/particles_scale.py --device cuda --sizes 1000,10000,100000 --dense-limit-gb 40
+optional particles 60 "$PY" benchmarks/particles_scale.py --device cuda --sizes 1000,10000,100000 --dense-limit-gb 40
 step profile 60 "$PY" benchmarks/gpu_profile.py --precision bf16
 export PY
-export -f train_check
-step train 150 bash -c train_check
+export -f train_common train_check train_more
+step train 90 bash -c train_check
+optional train-more 120 bash -c train_more
 # compiled with CUDA graphs (a launch-bound step replayed at once), bf16 like the block timings
 graphs=(--device cuda --precision bf16 --mode reduce-overhead)
 step compile 120 "$PY" benchmarks/compile.py "${graphs[@]}" --archs B,H0,R2
