@@ -3,7 +3,7 @@
 The config (YAML) has the sections `model` (SympFormerConfig: arch, n_layer, n_head, n_embd,
 block_size, vocab_size, …), `data` (dir, corpus, tokenizer) and `train` (max_steps or max_tokens,
 batch_size, grad_accum, lr, min_lr_ratio, warmup, weight_decay, scalar_lr_mult, grad_clip,
-eval_interval, eval_batches, seed, device, precision, compile, …). Unknown keys are errors that list
+eval_interval, eval_batches, seed, device, precision, compile, compile_mode, …). Unknown keys are errors that list
 the valid ones. Multi-process: `torchrun --standalone --nproc_per_node=N -m sympformer train ...`.
 """
 
@@ -17,6 +17,8 @@ EXAMPLES = """examples:
   sympformer train --config configs/cpu-mini.yaml --set model.arch=H0 --out runs/h0
   sympformer train --config configs/cpu-mini.yaml --out runs/h0 --resume
   torchrun --standalone --nproc_per_node=2 -m sympformer train --config configs/cpu-mini.yaml --out runs/ddp
+  # on a GPU, small models: compile with CUDA graphs
+  sympformer train --config configs/paper-primary.yaml --set train.compile=true --set train.compile_mode=reduce-overhead --out runs/gpu
 exit codes: 0 done, 2 bad configuration or data, 3 training diverged (NaN/Inf; the last good checkpoint is kept)
 """
 
