@@ -18,7 +18,8 @@ EXAMPLES = """examples:
   sympformer train --config configs/cpu-mini.yaml --out runs/h0 --resume
   torchrun --standalone --nproc_per_node=2 -m sympformer train --config configs/cpu-mini.yaml --out runs/ddp
   # on a GPU, small models: compile with CUDA graphs
-  sympformer train --config configs/paper-primary.yaml --set train.compile=true --set train.compile_mode=reduce-overhead --out runs/gpu
+  sympformer train --config configs/paper-primary.yaml --out runs/gpu \\
+    --set train.compile=true --set train.compile_mode=reduce-overhead
 exit codes: 0 done, 2 bad configuration or data, 3 training diverged (NaN/Inf; the last good checkpoint is kept)
 """
 
