@@ -58,11 +58,19 @@ def shape_batch(shape: str, device: str = "cpu") -> torch.Tensor:
     return torch.randint(0, fields["vocab_size"], (batch, fields["block_size"]), generator=generator).to(device)
 
 
-def shape_step(shape: str, arch: str, device: str = "cpu", precision: str = "fp32", **overrides):
+def shape_step(
+    shape: str, arch: str, device: str = "cpu", precision: str = "fp32", compile_mode: str | None = None, **overrides
+):
     """One training step of ``arch`` at ``shape`` on its benchmark batch, with the trainer's optimiser
-    (``overrides``: further model fields, e.g. activation_checkpointing=True)."""
+    (``overrides``: further model fields, e.g. activation_checkpointing=True). With ``compile_mode`` the
+    model is compiled (torch.compile's mode; "default" is its None), the optimiser's step is not."""
     model = SympFormerLM(SympFormerConfig(**SHAPES[shape][0], **overrides, arch=arch)).to(device)
-    return train_step_fn(model, shape_batch(shape, device), training_optimizer(model), precision)
+    runner = (
+        model
+        if compile_mode is None
+        else torch.compile(model, mode=None if compile_mode == "default" else compile_mode)
+    )
+    return train_step_fn(runner, shape_batch(shape, device), training_optimizer(model), precision)
 
 
 def run(shape: str, device: str, rounds: int, repeats: int, precision: str, checkpointing: bool = False) -> str:

@@ -74,6 +74,9 @@ elif [ -z "${ONLY:-}" ]; then
 fi
 optional particles 60 "$PY" benchmarks/particles_scale.py --device cuda --sizes 1000,10000,100000 --dense-limit-gb 40
 step profile 60 "$PY" benchmarks/gpu_profile.py --precision bf16
+# what is left once launches are gone (compiled with CUDA graphs), and B_cap's share of H0's excess
+optional profile-graphs 180 "$PY" benchmarks/gpu_profile.py --precision bf16 --compile-mode reduce-overhead \
+  --cases primary:B,primary:B_cap,primary:H0,primary:R2,v1:B,v1:v1_fe
 export PY
 export -f train_common train_check train_more
 step train 90 bash -c train_check

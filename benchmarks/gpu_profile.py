@@ -8,8 +8,12 @@ their size, and the remedies are fusion (torch.compile) and launch replay (CUDA 
 kernels. The "kernels × ref" column is the ratio a launch-free step would approach.
 
 Steps are timed interleaved in one process (median); kernels are summed over three profiled steps.
+With --compile-mode the models are compiled first (reduce-overhead: CUDA graphs, whose kernels the
+profiler still records one by one): what is left of an architecture's cost once launches are gone, and
+which kernels carry it. B_cap (B with H0's learned velocity tables) separates the tables' share of H0's.
 
     python benchmarks/gpu_profile.py [--cases primary:B,primary:H0,...] [--precision bf16]
+    python benchmarks/gpu_profile.py --compile-mode reduce-overhead --cases primary:B,primary:B_cap,primary:H0
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ from blocks_step_time import shape_step  # noqa: E402
 from sympformer.benchmarking import interleaved_times, median, write_section  # noqa: E402
 from sympformer.utils import markdown_table  # noqa: E402
 
-CASES = "primary:B,primary:H0,primary:R2,heavy:B,heavy:H0,heavy:R2,v1:B,v1:v1_fe,v1:v1_pe,v1:v1_strang"
+CASES = "primary:B,primary:B_cap,primary:H0,primary:R2,heavy:B,heavy:H0,heavy:R2,v1:B,v1:v1_fe,v1:v1_pe,v1:v1_strang"
+WARMUP = 3  # steps before timing: compilation, and CUDA-graph recording, take the first two
 PROFILED_STEPS = 3
 
 
@@ -68,13 +73,19 @@ def main() -> None:
     parser.add_argument("--cases", default=CASES, help="shape:arch,…; the first of each shape is its reference")
     parser.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--compile-mode",
+        default=None,
+        choices=["default", "reduce-overhead", "max-autotune-no-cudagraphs"],
+        help="compile the models with this torch.compile mode first (default: eager)",
+    )
     parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
     args = parser.parse_args()
     if not args.device.startswith("cuda") or not torch.cuda.is_available():
         sys.exit("gpu_profile.py profiles CUDA kernels: it needs a CUDA device (on CPU: profile_steps.py)")
     cases = args.cases.split(",")
-    steps = {case: shape_step(*case.split(":"), args.device, args.precision) for case in cases}
-    wall = {case: median(t) for case, t in interleaved_times(steps, args.rounds, 5, args.device, warmup=2).items()}
+    steps = {case: shape_step(*case.split(":"), args.device, args.precision, args.compile_mode) for case in cases}
+    wall = {case: median(t) for case, t in interleaved_times(steps, args.rounds, 5, args.device, WARMUP).items()}
     work = {case: device_work(steps[case]) for case in cases}
     reference = {}
     for case in cases:
@@ -95,15 +106,17 @@ def main() -> None:
             ]
         )
     header = ["case", "wall ms / step", "kernel ms / step", "GPU busy", "kernels / step", "wall × ref", "kernels × ref"]
-    body = f"{args.precision}; the first case of each shape is its reference.\n\n" + markdown_table(header, rows)
+    how = "eager" if args.compile_mode is None else f"compiled ({args.compile_mode})"
+    body = f"{args.precision}, {how}; the first case of each shape is its reference.\n\n" + markdown_table(header, rows)
     top_rows = [[case, name[:90], f"{seconds * 1e3:.3f}"] for case in cases for name, seconds in work[case][2]]
     body += f"\n\nThe {TOP_KERNELS} longest kernels of each case (summed over their launches in a step):\n\n"
     body += markdown_table(["case", "kernel", "ms / step"], top_rows)
     print(body)
+    mode = "" if args.compile_mode is None else f", compiled {args.compile_mode}"
     write_section(
         args.results,
-        f"gpu-profile-{args.precision}",
-        f"GPU step profile: wall time against kernel time ({args.device}, {args.precision})",
+        f"gpu-profile-{args.precision}" + ("" if args.compile_mode is None else f"-{args.compile_mode}"),
+        f"GPU step profile: wall time against kernel time ({args.device}, {args.precision}{mode})",
         body,
         args.device,
     )

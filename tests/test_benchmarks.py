@@ -103,6 +103,26 @@ def test_operator_count_sees_every_dispatched_operator_and_reads_gpu_sections(tm
     assert gpu_times(results, "blocks-heavy-cuda-bf16") == {}
 
 
+def test_shape_step_compiles_the_model_not_the_optimiser(monkeypatch):
+    """With a compile mode the benchmark step runs torch.compile's model ("default" is torch's None)
+    and the optimiser still steps the model's own parameters."""
+    import torch
+    from blocks_step_time import shape_step
+
+    compiled = []
+
+    def record(model, mode=None):
+        compiled.append((type(model).__name__, mode))
+        return model
+
+    monkeypatch.setattr(torch, "compile", record)
+    step = shape_step("v1", "B", compile_mode="reduce-overhead")
+    shape_step("v1", "B", compile_mode="default")
+    shape_step("v1", "B")
+    assert compiled == [("SympFormerLM", "reduce-overhead"), ("SympFormerLM", None)]
+    step()  # trains: the optimiser holds the model's parameters
+
+
 def test_gpu_profile_sums_device_records_but_not_annotations():
     """Kernels, copies and fills count once each; CPU records and the optimizer's GPU-timeline annotation
     (which spans kernels counted on their own) do not."""
