@@ -17,11 +17,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from blocks_step_time import SHAPES, shape_batch, train_step_fn  # noqa: E402
+from blocks_step_time import SHAPES, shape_step  # noqa: E402
 
 from sympformer.allocator import apply_allocator_choice  # noqa: E402
-from sympformer.benchmarking import interleaved_times, median, synchronize, training_optimizer, write_section  # noqa: E402
-from sympformer.nn import SympFormerConfig, SympFormerLM  # noqa: E402
+from sympformer.benchmarking import interleaved_times, median, synchronize, write_section  # noqa: E402
+from sympformer.train.config import COMPILE_MODES  # noqa: E402
 from sympformer.utils import markdown_table
 
 
@@ -34,7 +34,7 @@ def main() -> None:
     parser.add_argument(
         "--mode",
         default=None,
-        choices=["default", "reduce-overhead", "max-autotune-no-cudagraphs"],
+        choices=COMPILE_MODES,
         help="torch.compile's mode (reduce-overhead: CUDA graphs, which replay a step's launches at once)",
     )
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="bf16: autocast")
@@ -42,13 +42,12 @@ def main() -> None:
     args = parser.parse_args()
     apply_allocator_choice()  # as the sympformer command does (SYMPFORMER_CPU_ALLOCATOR)
     fields, batch, _, _ = SHAPES[args.shape]
-    idx = shape_batch(args.shape, args.device)
     contenders, compile_seconds = {}, {}
     for arch in args.archs.split(","):
-        eager = SympFormerLM(SympFormerConfig(**fields, arch=arch)).to(args.device)
-        compiled = torch.compile(SympFormerLM(SympFormerConfig(**fields, arch=arch)).to(args.device), mode=args.mode)
-        contenders[f"{arch} eager"] = train_step_fn(eager, idx, training_optimizer(eager), args.precision)
-        contenders[f"{arch} compiled"] = train_step_fn(compiled, idx, training_optimizer(compiled), args.precision)
+        contenders[f"{arch} eager"] = shape_step(args.shape, arch, args.device, args.precision)
+        contenders[f"{arch} compiled"] = shape_step(
+            args.shape, arch, args.device, args.precision, args.mode or "default"
+        )
         start = time.perf_counter()
         contenders[f"{arch} compiled"]()  # triggers the compilation
         synchronize(args.device)

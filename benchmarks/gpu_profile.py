@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from blocks_step_time import shape_step  # noqa: E402
 
 from sympformer.benchmarking import interleaved_times, median, write_section  # noqa: E402
+from sympformer.train.config import COMPILE_MODES  # noqa: E402
 from sympformer.utils import markdown_table  # noqa: E402
 
 CASES = "primary:B,primary:B_cap,primary:H0,primary:R2,heavy:B,heavy:H0,heavy:R2,v1:B,v1:v1_fe,v1:v1_pe,v1:v1_strang"
@@ -76,7 +77,7 @@ def main() -> None:
     parser.add_argument(
         "--compile-mode",
         default=None,
-        choices=["default", "reduce-overhead", "max-autotune-no-cudagraphs"],
+        choices=COMPILE_MODES,
         help="compile the models with this torch.compile mode first (default: eager)",
     )
     parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))

@@ -247,7 +247,6 @@ def test_cli_reports_divergence_and_bad_config(tiny_data, tmp_path):
     assert bad.returncode == 2 and "valid: B, B_cap" in bad.stderr
 
 
-@pytest.mark.slow
 def test_compile_mode_reaches_torch_compile(tiny_data, tmp_path, monkeypatch):
     """train.compile_mode is torch.compile's mode ("default" is torch's None); the model it returns is
     the one trained."""
@@ -264,6 +263,7 @@ def test_compile_mode_reaches_torch_compile(tiny_data, tmp_path, monkeypatch):
         assert seen.pop() == expected
 
 
+@pytest.mark.slow
 def test_compiled_runs_of_several_models_in_one_process(tiny_data, tmp_path):
     """`compare` trains its architectures one after another in one process; with train.compile and
     activation checkpointing each compiled run must still work (torch 2.13's dynamo failed on the

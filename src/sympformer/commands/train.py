@@ -3,8 +3,8 @@
 The config (YAML) has the sections `model` (SympFormerConfig: arch, n_layer, n_head, n_embd,
 block_size, vocab_size, …), `data` (dir, corpus, tokenizer) and `train` (max_steps or max_tokens,
 batch_size, grad_accum, lr, min_lr_ratio, warmup, weight_decay, scalar_lr_mult, grad_clip,
-eval_interval, eval_batches, seed, device, precision, compile, compile_mode, …). Unknown keys are errors that list
-the valid ones. Multi-process: `torchrun --standalone --nproc_per_node=N -m sympformer train ...`.
+eval_interval, eval_batches, seed, device, precision, compile, compile_mode, …). Unknown keys are
+errors that list the valid ones. Multi-process: `torchrun --standalone --nproc_per_node=N -m sympformer train ...`.
 """
 
 from __future__ import annotations
