@@ -65,7 +65,7 @@ step blocks-bf16 120 "$PY" benchmarks/blocks_step_time.py --device cuda --precis
 optional blocks-fp32 60 "$PY" benchmarks/blocks_step_time.py --device cuda --precision fp32 --rounds 3 --repeats 5 \
   --shapes primary,heavy
 step memory 90 "$PY" benchmarks/memory.py --device cuda
-if "$PY" -c "import transformers" 2>/dev/null; then
+if [ -n "${DRY:-}" ] || "$PY" -c "import transformers" 2>/dev/null; then
   step vs-transformers-bf16 45 "$PY" benchmarks/vs_transformers.py --device cuda --precision bf16 --rounds 5 --repeats 5
   optional vs-transformers-fp32 45 "$PY" benchmarks/vs_transformers.py --device cuda --precision fp32 --rounds 5 \
     --repeats 5
