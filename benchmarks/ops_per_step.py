@@ -56,12 +56,17 @@ def operators_per_step(shape: str, arch: str) -> Counter[str]:
     return count.counts
 
 
-def gpu_times(results: Path, key: str) -> dict[str, float]:
-    """{arch: ms per step} from a GPU block-time section of RESULTS.md (empty when there is none)."""
+def gpu_times(results: Path, key: str, column: int = 1) -> dict[str, float]:
+    """{arch: ms per step} from a GPU section of RESULTS.md, its tables' ``column`` (0 is the arch; 1, the
+    block-time sections' step time; 2, the compile sections' compiled time); empty when there is none."""
     text = results.read_text() if results.exists() else ""
     match = re.search(rf"<!-- section:{re.escape(key)} -->(.*?)<!-- end:{re.escape(key)} -->", text, re.S)
-    rows = re.findall(r"^\| (\w+) \| ([\d.]+) \|", match.group(1), re.M) if match else []
-    return {arch: float(ms) for arch, ms in rows}
+    times = {}
+    for line in match.group(1).splitlines() if match else []:
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if line.startswith("| ") and len(cells) > column and re.fullmatch(r"[\d.]+", cells[column]):
+            times[cells[0]] = float(cells[column])
+    return times
 
 
 def main() -> None:

@@ -54,6 +54,7 @@ def main() -> int:
         ["profile_steps.py"],
         ["kernels.py"],
         ["ops_per_step.py"],
+        ["compiled_kernels.py"],
     ]
     if on_cpu:  # glibc's defaults against tune_cpu_allocator (fresh processes); the momentum algebra three ways
         jobs.append(["allocator.py", "--pairs", "2" if args.quick else "3"])

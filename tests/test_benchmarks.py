@@ -101,6 +101,10 @@ def test_operator_count_sees_every_dispatched_operator_and_reads_gpu_sections(tm
     )
     assert gpu_times(results, "blocks-v1-cuda-bf16") == {"B": 9.0, "v1_fe": 33.5}
     assert gpu_times(results, "blocks-heavy-cuda-bf16") == {}
+    # a compile section: its compiled time is the second figure (eager first)
+    table = "| arch | eager ms / step | compiled ms / step |\n|---|---|---|\n| B | 10.5 | 2.6 |\n| H0 | 17.2 | 3.3 |"
+    write_section(results, "compile-cuda-reduce-overhead-bf16", "t", table)
+    assert gpu_times(results, "compile-cuda-reduce-overhead-bf16", column=2) == {"B": 2.6, "H0": 3.3}
 
 
 def test_shape_step_compiles_the_model_not_the_optimiser(monkeypatch):
