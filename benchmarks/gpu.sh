@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The GPU subset of the benchmarks (bf16 autocast, flash SDPA), about 5 minutes on one H100/H200 (the
-# default steps take about 4.8 minutes by the step times of the H200 runs of 2026-11-28).
+# The GPU subset of the benchmarks (bf16 autocast, flash SDPA), about 5 minutes on one H100/H200 (by the
+# step times of the H200 runs of 2026-11-28 the default steps take 4.7–5.1 minutes; the training check's
+# two runs estimated from four that took 115 s).
 # Usage (repository root, CUDA machine): bash benchmarks/gpu.sh
 # Figures go to benchmarks/RESULTS.md sections keyed "cuda" (the card's name is recorded with them).
 # Correctness first (benchmarks/gpu_check.py); every later step runs even if one fails, and the
