@@ -4,10 +4,10 @@ times of the GPU compile sections (compiled with CUDA graphs, bf16).
 Compiled and replayed as CUDA graphs, a GPU step launches no operator from Python: what is left is its
 kernels, and at the benchmark shapes most of them are tiny (elementwise work and reductions over a few
 MiB), each with a fixed cost on the device. Inductor writes one kernel per fused group of operations;
-its count here is for the CPU backend (C++ loops), whose fusion decisions are close to but not the same
-as the GPU backend's (Triton), so it is a proxy for the GPU's: compare architectures, not absolute
-figures. Matrix products and attention are library calls, not counted. A step's forward and backward
-graphs are compiled on its first call; the count is read after it (the optimiser's step runs eagerly).
+its count here is for the CPU backend (C++ loops), whose fusion may differ from the GPU backend's
+(Triton; not compared), so it is a proxy for the GPU's: compare architectures, not absolute figures.
+Matrix products and attention are library calls, not counted. A step's forward and backward graphs are
+compiled on its first call; the count is read after it (the optimiser's step runs eagerly).
 
     python benchmarks/compiled_kernels.py [--cases heavy:B,heavy:H0,...]
 """
@@ -62,7 +62,7 @@ def main() -> None:
         key = GPU_SECTION.format(shape="" if shape == "primary" else f"-{shape}")
         gpu = gpu_times(Path(args.results), key, COMPILED_COLUMN)
         # the section's own ratios (from unrounded times), valid where its first architecture is this base
-        ratio = gpu_times(Path(args.results), key, RATIO_COLUMN) if gpu.get(base) and next(iter(gpu)) == base else {}
+        ratio = gpu_times(Path(args.results), key, RATIO_COLUMN) if next(iter(gpu), None) == base else {}
         rows = []
         for arch in archs:
             row = [arch, f"{counts[shape, arch]}", f"{counts[shape, arch] / counts[shape, base]:.2f}"]
