@@ -108,7 +108,7 @@ def _chunk_by_passes(logits, index, weights, h_chunk, head):
 def _chunk_by_softmax(logits, index, weights, h_chunk, head):
     """The cross-entropy chunk as :mod:`sympformer.nn.loss` forms it: the softmax kernel over the logits,
     the row weights left to the thin factors."""
-    probs = loss_module._softmax_over_logits(logits)
+    probs = loss_module._softmax_over_logits(logits, logits.dtype)
     counted = torch.ones_like(index[:, 0], dtype=torch.bool)
     loss = loss_module._row_losses(probs, logits, index, counted, h_chunk, head).sum()
     probs.scatter_add_(1, index, -torch.ones_like(weights))

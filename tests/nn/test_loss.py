@@ -58,11 +58,80 @@ def test_fused_loss_under_bf16_autocast_tracks_float32():
     torch.testing.assert_close(grad_w, ref_w, rtol=0.05, atol=2e-3)
 
 
+def _recorded_ops(fn):
+    """(name, argument dtypes, output shape and dtype) of every operator ``fn`` dispatches."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Record(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            dtypes = [a.dtype for a in args if isinstance(a, torch.Tensor)]
+            shape = (tuple(out.shape), out.dtype) if isinstance(out, torch.Tensor) else None
+            self.ops.append((func.overloadpacket.__name__, dtypes, shape))
+            return out
+
+    with Record() as record:
+        fn()
+    return record.ops
+
+
+def test_under_bf16_autocast_the_loss_is_exact_for_the_bf16_logits_and_the_products_are_bf16():
+    """Under autocast the head's products run in bf16, as a plain head's would, and nothing else loses
+    precision: the loss equals float64 cross-entropy of the very bf16 logits (a bf16 softmax or loss
+    would be ~1e-3 off), and the gradients equal autograd's through the plain head under autocast to
+    bf16 rounding."""
+    g = torch.Generator().manual_seed(6)
+    h = torch.randn(40, 16, generator=g, requires_grad=True)
+    w = (0.3 * torch.randn(300, 16, generator=g)).requires_grad_(True)
+    y = torch.randint(0, 300, (40,), generator=g)
+    y[[3, 30]] = -1
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fused = linear_cross_entropy(h, w, y)
+        plain = F.cross_entropy(F.linear(h, w), y, ignore_index=-1)
+    bf16_logits = (h.bfloat16() @ w.bfloat16().T).double()
+    exact = F.cross_entropy(bf16_logits, y, ignore_index=-1)
+    assert abs(fused.item() - exact.item()) < 1e-6 * exact.item()
+    for a, b in zip(torch.autograd.grad(fused, (h, w)), torch.autograd.grad(plain, (h, w)), strict=True):
+        torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-4)
+
+    def loop():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss_module._loss_and_gradients(h.detach(), w.detach(), y, need_grad=True)
+
+    ops = _recorded_ops(loop)
+    products = [dtypes for name, dtypes, _ in ops if name == "mm"]
+    assert len(products) == 3 and all(d == [torch.bfloat16, torch.bfloat16] for d in products)
+    assert ((40, 300), torch.bfloat16) in [out for name, _, out in ops if name == "mm"]  # the logits
+
+
+def test_the_fused_loss_leaves_autocasts_cast_cache_alone():
+    """Autocast caches its bf16 copy of a leaf weight for the rest of the region. Had the loss let autocast
+    cast W inside the custom operator (below autograd), a later plain use of W in the same region would
+    reuse that copy, which has no gradient history: W would get no gradient from it."""
+    g = torch.Generator().manual_seed(7)
+    h = torch.randn(8, 16, generator=g, requires_grad=True)
+    w = torch.randn(30, 16, generator=g, requires_grad=True)
+    y = torch.randint(0, 30, (8,), generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        linear_cross_entropy(h, w, y)
+        logits = F.linear(h, w)
+    (grad_w,) = torch.autograd.grad(logits.float().square().sum(), (w,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        (expected,) = torch.autograd.grad(F.linear(h, w).float().square().sum(), (w,))
+    torch.testing.assert_close(grad_w, expected, rtol=0, atol=0)
+
+
 @pytest.fixture(params=["in place", "new tensor"])
 def softmax_placement(request, monkeypatch):
     """Both softmax placements: over the logits (CPU) and into a new tensor (the GPU path, here on CPU)."""
     if request.param == "new tensor":
-        monkeypatch.setattr(loss_module, "_softmax_over_logits", lambda logits: torch.softmax(logits, 1))
+        monkeypatch.setattr(
+            loss_module, "_softmax_over_logits", lambda logits, dtype: torch.softmax(logits, 1, dtype=dtype)
+        )
     return request.param
 
 
@@ -135,11 +204,13 @@ def test_with_the_logits_kept_the_loss_never_waits_for_the_device(monkeypatch):
     with Record() as in_place:  # the loop itself (the custom operator would hide it)
         loss_module._loss_and_gradients(h.detach(), w.detach(), y, need_grad=True)
     assert "_local_scalar_dense" in in_place.names  # the CPU path's underflow check (the recording works)
-    monkeypatch.setattr(loss_module, "_softmax_over_logits", lambda logits: torch.softmax(logits, 1))
+    monkeypatch.setattr(
+        loss_module, "_softmax_over_logits", lambda logits, dtype: torch.softmax(logits, 1, dtype=dtype)
+    )
     Record.names = []
     with Record() as kept:
         loss_module._loss_and_gradients(h.detach(), w.detach(), y, need_grad=True)
-    assert "_local_scalar_dense" not in kept.names and "logsumexp" in kept.names
+    assert "_local_scalar_dense" not in kept.names and "max" in kept.names
 
 
 def test_gpu_chunks_are_larger():

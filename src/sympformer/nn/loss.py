@@ -13,12 +13,20 @@ and passes over them; the matrix products are those of the plain head. Against s
 subtract, exponential, sum and scale passes over the chunk, a chunk's softmax work takes 27–54 %
 less time on CPU (benchmarks/kernels.py, "cross-entropy chunk", two runs). Without gradients
 (evaluation) the chunks only accumulate the loss.
+
+Mixed precision (bf16 autocast, or bf16 inputs): the logits product and the two gradient products run
+in the low precision, as autograd would run a plain head's linear layer and its backward pass under
+autocast; the softmax, the loss and the accumulated gradients are float32, as autocast runs
+cross-entropy. On a GPU the softmax reads the low-precision logits itself, so a chunk holds 6 bytes a
+logit at most (bf16 logits beside the float32 softmax, then the softmax beside its bf16 copy for the
+products), where a float32 copy of the logits made it 8. Operands are cast explicitly, not by autocast,
+whose cache would otherwise keep a copy of W made below autograd for the rest of the autocast region
+(a later plain use of W there would then pass no gradient to W).
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 CHUNK_ELEMENTS = 1 << 24  # logits per chunk at most (64 MiB in float32): large enough for efficient products
@@ -40,23 +48,34 @@ def chunk_elements(device: torch.device) -> int:
 _SMALLEST_TARGET_PROBABILITY = 1e-30
 
 
-def _softmax_over_logits(logits: Tensor) -> Tensor:
-    """The row softmax of a chunk of logits: on CPU written over the logits (the kernel reads a whole
-    row before it writes it, checked against the plain formula by tests/nn/test_loss.py), elsewhere a
-    new tensor (an in-place softmax is not something the GPU kernels promise)."""
+def _softmax_over_logits(logits: Tensor, dtype: torch.dtype) -> Tensor:
+    """The row softmax of a chunk of logits, in ``dtype``. On CPU written over the logits (the kernel reads
+    a whole row before it writes it, checked against the plain formula by tests/nn/test_loss.py), or over
+    a copy of low-precision logits in ``dtype`` (the CPU kernel would copy them anyway). Elsewhere a new
+    tensor (an in-place softmax is not something the GPU kernels promise); the CUDA kernel reads bf16 or
+    fp16 logits into a float32 softmax itself, with no copy of the chunk."""
     if logits.device.type == "cpu":
-        return torch.ops.aten._softmax.out(logits, 1, False, out=logits)
-    return torch.softmax(logits, 1)
+        own = logits if logits.dtype == dtype else logits.to(dtype)
+        return torch.ops.aten._softmax.out(own, 1, False, out=own)
+    return torch.softmax(logits, 1, dtype=dtype)
 
 
 def _row_losses(probs: Tensor, logits: Tensor, index: Tensor, counted: Tensor, h_c: Tensor, weight: Tensor) -> Tensor:
-    """−log S_{i,y_i} per row. Where the logits are still at hand (the softmax made a new tensor: off the
-    CPU), logsumexp − z_y from them, exact at any loss and with no wait for the device. Where the
-    softmax overwrote them (CPU), −log S_iy, and counted rows whose target probability underflows (a
-    loss of more than 69 nats) get logsumexp − z_y from their logits, recomputed (an uncounted row may
-    be inf)."""
+    r"""−log S_{i,y_i} per row.
+
+    Where the logits are still at hand (the softmax made a new tensor), from the row's most probable
+    class m: logsumexp_i = z_im − log S_im, and S_im ≥ 1/V never underflows, so
+
+        −log S_iy = (z_im − z_iy) − log S_im,
+
+    exact at any loss (to the logits' own values, which the softmax read) with no wait for the device.
+    Where the softmax overwrote them (CPU), −log S_iy, and counted rows whose target probability
+    underflows (a loss of more than 69 nats) get logsumexp − z_y from their logits, recomputed (an
+    uncounted row may be inf)."""
     if probs.data_ptr() != logits.data_ptr():
-        return torch.logsumexp(logits, 1) - logits.gather(1, index).squeeze(1)
+        top, most_probable = probs.max(1, keepdim=True)
+        gap = logits.gather(1, most_probable).to(probs.dtype) - logits.gather(1, index).to(probs.dtype)
+        return (gap - top.log()).squeeze(1)
     target = probs.gather(1, index).squeeze(1)
     row_loss = -target.log()
     far = (target < _SMALLEST_TARGET_PROBABILITY) & counted
@@ -82,33 +101,44 @@ def _loss_and_gradients(h: Tensor, weight: Tensor, targets: Tensor, need_grad: b
     n, vocab = h.shape[0], weight.shape[0]
     rows = rows_per_chunk(n, vocab, chunk_elements(h.device))
     acc = torch.promote_types(h.dtype, torch.float32)  # float32 for bf16/fp32 inputs, float64 stays
+    low = _product_dtype(h, weight)
     valid = targets != -1
     count = valid.sum().clamp_min(1)
     total = torch.zeros((), dtype=acc, device=h.device)
     grad_h = torch.zeros_like(h) if need_grad else h.new_empty(0)
     grad_w = torch.zeros(weight.shape, dtype=acc, device=h.device) if need_grad else None
-    # one buffer for every chunk's logits: no chunk-sized allocation per chunk (under autocast the
-    # product runs in the autocast dtype, and a fresh float32 copy is made per chunk)
-    reuse = h.dtype == weight.dtype == acc and not torch.is_autocast_enabled(h.device.type)
+    # products in the accumulation dtype: one buffer for every chunk's logits, no allocation per chunk
+    reuse = h.dtype == weight.dtype == acc == low
     buffer = torch.empty(min(rows, n), vocab, dtype=acc, device=h.device) if reuse else None
-    weight_acc = weight.to(acc)
+    h_low, weight_low = h.to(low), weight.to(low)  # the operands of the products (no copy when reused)
     for start in range(0, n, rows):
-        h_c, y_c, v_c = h[start : start + rows], targets[start : start + rows], valid[start : start + rows]
-        if reuse:
-            logits = torch.mm(h_c, weight.T, out=buffer[: h_c.shape[0]])
-        else:
-            logits = F.linear(h_c, weight).to(acc)
+        h_c, y_c, v_c = h_low[start : start + rows], targets[start : start + rows], valid[start : start + rows]
+        logits = torch.mm(h_c, weight_low.T, out=buffer[: h_c.shape[0]] if reuse else None)
         index = y_c.clamp_min(0).unsqueeze(1)
-        probs = _softmax_over_logits(logits)
-        row_loss = _row_losses(probs, logits, index, v_c, h_c, weight_acc)
+        probs = _softmax_over_logits(logits, acc)
+        row_loss = _row_losses(probs, logits, index, v_c, h_c, weight_low)
         total += torch.where(v_c, row_loss, 0).sum()
         if need_grad:
+            del logits  # kept beside the softmax only for the row losses
             probs.scatter_add_(1, index, -v_c.to(acc).unsqueeze(1))  # S − Y (no target: the row is weighted 0)
             weights = (v_c.to(acc) / count).unsqueeze(1)
-            grad_h[start : start + rows] = (probs @ weight_acc) * weights
-            grad_w.addmm_(probs.T, h_c.to(acc) * weights)
+            factor = probs.to(low)  # in the products' dtype, as autograd hands a linear layer its gradient
+            grad_h[start : start + rows] = (factor @ weight_low) * weights
+            weighted_h = (h[start : start + rows].to(acc) * weights).to(low)
+            if reuse:
+                grad_w.addmm_(factor.T, weighted_h)
+            else:
+                grad_w += factor.T @ weighted_h
     grad_w = grad_w.to(weight.dtype) if need_grad else weight.new_empty(0)
     return total / count, grad_h, grad_w
+
+
+def _product_dtype(h: Tensor, weight: Tensor) -> torch.dtype:
+    """The dtype of the head's products: the autocast dtype under autocast, else that of h and W together."""
+    device = h.device.type
+    if torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return torch.promote_types(h.dtype, weight.dtype)
 
 
 # A custom operator, not an autograd.Function: torch.compile then calls this eager code (one reused
