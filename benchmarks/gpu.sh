@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The GPU subset of the benchmarks (bf16 autocast, flash SDPA), about 5 minutes on one H100/H200 (by the
-# step times of the H200 runs of 2026-11-28 the default steps take 4.7–5.1 minutes; the training check's
-# two runs estimated from four that took 115 s).
+# The GPU subset of the benchmarks (bf16 autocast, flash SDPA), under 5 minutes on one H100/H200: by the
+# step times of the H200 runs of 2026-11-28 the default steps took 4.7–5.1 minutes with the eager kernel
+# profile among them (the training check's two runs estimated from four that took 115 s); that profile
+# (measured twice: the eager step is launch-bound) is now optional. The last line gives the total time.
 # Usage (repository root, CUDA machine): bash benchmarks/gpu.sh
 # Figures go to benchmarks/RESULTS.md sections keyed "cuda" (the card's name is recorded with them).
 # Correctness first (benchmarks/gpu_check.py); every later step runs even if one fails, and the
@@ -10,8 +11,9 @@
 # The sympformer package need not be installed: src/ is put on the path where it is not.
 #   ONLY=memory,profile   just those steps (names: the first word after `step` or `optional` below)
 #   DRY=1                 list the steps and their commands without running them
-#   ALL=1                 the optional steps too (fp32 timings, compilation at the other shapes and in fp32
-#                         without CUDA graphs, two more training runs, the particle lab; ~7 minutes more)
+#   ALL=1                 the optional steps too (fp32 timings, the eager and the compiled kernel profiles,
+#                         compilation at the other shapes and in fp32 without CUDA graphs, two more training
+#                         runs, the particle lab; ~8 minutes more)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -74,7 +76,7 @@ elif [ -z "${ONLY:-}" ]; then
   failed+=("vs transformers (transformers is not installed)")
 fi
 optional particles 60 "$PY" benchmarks/particles_scale.py --device cuda --sizes 1000,10000,100000 --dense-limit-gb 40
-step profile 60 "$PY" benchmarks/gpu_profile.py --precision bf16
+optional profile 60 "$PY" benchmarks/gpu_profile.py --precision bf16
 # what is left once launches are gone (compiled with CUDA graphs), and B_cap's share of H0's excess
 optional profile-graphs 180 "$PY" benchmarks/gpu_profile.py --precision bf16 --compile-mode reduce-overhead \
   --cases primary:B,primary:B_cap,primary:H0,primary:R2,v1:B,v1:v1_fe
@@ -89,6 +91,7 @@ optional compile-heavy 120 "$PY" benchmarks/compile.py "${graphs[@]}" --archs B,
 optional compile-v1 150 "$PY" benchmarks/compile.py "${graphs[@]}" --archs B,v1_fe,v1_pe --shape v1
 optional compile-linear 120 "$PY" benchmarks/compile.py "${graphs[@]}" --archs B_L,H0_L,R2_L --shape linear
 optional compile-fp32 120 "$PY" benchmarks/compile.py --device cuda --archs B,H0,R2
+[ -n "${DRY:-}" ] || echo "total: $SECONDS s" | tee -a "$LOG"
 echo "failed steps: ${#failed[@]}" | tee -a "$LOG"
 for f in "${failed[@]}"; do echo "  $f" | tee -a "$LOG"; done
 [ "${#failed[@]}" -eq 0 ]
