@@ -139,6 +139,19 @@ def test_shape_step_trains_through_the_compiled_model(monkeypatch):
     assert modes == ["reduce-overhead", None]
 
 
+@pytest.mark.slow
+def test_compiled_kernel_counts_are_per_step_and_survive_inductors_cache():
+    """compiled_kernels.py counts what inductor generates for one step: none before compiling would read
+    0, a count carried over from the last model would grow, and a second compile of the same step (served
+    from inductor's cache) must count the same. H0's momentum algebra adds kernels to B's."""
+    from compiled_kernels import generated_kernels
+
+    b = generated_kernels("heavy", "B")
+    h0 = generated_kernels("heavy", "H0")
+    assert 0 < b < h0
+    assert generated_kernels("heavy", "B") == b
+
+
 def test_gpu_profile_sums_device_records_but_not_annotations():
     """Kernels, copies and fills count once each; CPU records and the optimizer's GPU-timeline annotation
     (which spans kernels counted on their own) do not."""
