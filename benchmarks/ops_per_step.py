@@ -25,7 +25,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from blocks_step_time import SHAPES, shape_step  # noqa: E402
 
-from sympformer.benchmarking import write_section  # noqa: E402
+from sympformer.benchmarking import section_rows, write_section  # noqa: E402
 from sympformer.utils import markdown_table  # noqa: E402
 
 # operators that only make views or read metadata: no kernel on any device
@@ -59,12 +59,10 @@ def operators_per_step(shape: str, arch: str) -> Counter[str]:
 def gpu_times(results: Path, key: str, column: int = 1) -> dict[str, float]:
     """{arch: ms per step} from a GPU section of RESULTS.md, its tables' ``column`` (0 is the arch; 1, the
     block-time sections' step time; 2, the compile sections' compiled time); empty when there is none."""
-    text = results.read_text() if results.exists() else ""
-    match = re.search(rf"<!-- section:{re.escape(key)} -->(.*?)<!-- end:{re.escape(key)} -->", text, re.S)
     times = {}
-    for line in match.group(1).splitlines() if match else []:
-        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
-        if line.startswith("| ") and len(cells) > column and re.fullmatch(r"[\d.]+", cells[column]):
+    for row in section_rows(results, key):
+        cells = list(row.values())
+        if len(cells) > column and re.fullmatch(r"[\d.]+", cells[column]):
             times[cells[0]] = float(cells[column])
     return times
 

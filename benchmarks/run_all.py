@@ -8,7 +8,8 @@ transformers' GPT-2, torch.compile on/off (primary and v1 shapes), the particle-
 profiles of the steps whose targets do not hold, with lower bounds, the kernel micro-benchmarks
 behind the attention code's choices, and on CPU the C library's allocator settings against
 `tune_cpu_allocator`, the momentum algebra fused, checkpointed and plain, and B against v1_fe round by
-round (the machine's phases). Every script honours
+round (the machine's phases); last, the figure of the targets (results-<device>.png, from RESULTS.md).
+Every script honours
 SYMPFORMER_CPU_ALLOCATOR as the `sympformer` command does. About 27 minutes on 2 CPU cores; --quick
 runs fewer rounds and the smaller particle sizes.
 """
@@ -66,6 +67,7 @@ def main() -> int:
             jobs.insert(3, ["vs_transformers.py", *device, *rounds, "--allocator", "tuned"])
     else:
         print("transformers is not installed: skipping the GPT-2 comparison (pip install -e '.[bench]')")
+    jobs.append(["plot_results.py", "--device", "cpu" if on_cpu else "cuda"])
     failures = 0
     for job in jobs:
         started = time.perf_counter()

@@ -44,6 +44,54 @@ def test_sections_are_replaced_in_place_and_others_kept(tmp_path):
     assert "- machine:" in text and "- command:" in text and "date 20" in text
 
 
+def test_section_rows_reads_a_shape_table_with_repeated_column_names(tmp_path):
+    from sympformer.benchmarking import section_rows
+
+    results = tmp_path / "RESULTS.md"
+    table = "| arch | MiB | × B | RSS | × B |\n|---|---|---|---|---|\n"
+    table += "| B | 10.0 | 1.00 | — | — |\n| H0 | 13.1 | 1.31 | 9 | 0.9 |"
+    write_section(results, "memory-cpu", "Memory", f"### shape `primary`: {{}}\n\n{table}\n\n### shape `v1`\n\n{table}")
+    write_section(results, "other", "Other", "| arch | × B |\n|---|---|\n| X | 7 |")
+    rows = section_rows(results, "memory-cpu", "v1")
+    assert [row["arch"] for row in rows] == ["B", "H0"]
+    assert rows[1] == {"arch": "H0", "MiB": "13.1", "× B": "1.31", "RSS": "9", "× B (2)": "0.9"}
+    assert len(section_rows(results, "memory-cpu")) == 4  # every shape's table
+    assert section_rows(results, "memory-cpu", "heavy") == [] and section_rows(results, "absent") == []
+    assert section_rows(tmp_path / "none.md", "memory-cpu") == []
+
+
+def test_results_plot_marks_each_target_in_baseline_units(tmp_path):
+    """Bars are the sections' ratios; targets relative to H0 (H1, R2 at primary; R2_L) are converted to the
+    baseline's units; baselines and shapes without a target get none; the figure is written."""
+    from plot_results import bars, plot
+
+    results = tmp_path / "RESULTS.md"
+    header = "| arch | ms / step (median) | tokens / s | × B | × H0 |\n|---|---|---|---|---|\n"
+    rows = "| B | 100 | 1 | 1.000 | 0.9 |\n| H0 | 110 | 1 | 1.100 | 1 |\n| R2 | 140 | 1 | 1.400 | 1.27 |\n"
+    for shape in ("primary", "heavy"):
+        write_section(results, f"blocks-{shape}-cpu-fp32", "t", f"### shape `{shape}`: {{}}\n\n{header}{rows}")
+    v1 = "| arch | ms | tokens / s | × B |\n|---|---|---|---|\n| B | 1 | 1 | 1.0 |\n| v1_pe | 1 | 1 | 1.1 |\n"
+    v1 += "| v1_strang | 1 | 1 | 2.9 |\n| v1_doubling | 1 | 1 | 3.0 |\n"
+    write_section(results, "blocks-v1-cpu-fp32", "t", f"### shape `v1`: {{}}\n\n{v1}")
+    memory = "| arch | allocated peak (MiB) | × B | RSS peak (MiB) | × B |\n|---|---|---|---|---|\n"
+    memory += "| B | 100 | 1.00 | 90 | 1.00 |\n| H0 | 133 | 1.33 | 99 | 1.10 |\n"
+    write_section(results, "memory-cpu", "m", f"### shape `primary`: {{}}\n\n{memory}")
+    primary = bars(results, "cpu", "primary", "time")
+    assert [(b.arch, b.ratio) for b in primary] == [("B", 1.0), ("H0", 1.1), ("R2", 1.4)]
+    assert primary[0].target is None and primary[1].target == 1.10
+    assert primary[2].target == pytest.approx(1.25 * 1.1)  # R2 ≤ 1.25 × H0, in units of B
+    assert bars(results, "cpu", "heavy", "time")[2].target is None  # R2's target is set at the primary shape
+    v1_targets = {b.arch: b.target for b in bars(results, "cpu", "v1", "time")}
+    assert v1_targets == {"B": None, "v1_pe": 1.2, "v1_strang": 2.0, "v1_doubling": 3.5}
+    memory_bars = bars(results, "cpu", "primary", "memory")
+    assert [(b.arch, b.ratio, b.target) for b in memory_bars] == [("B", 1.0, None), ("H0", 1.33, 1.3)]  # allocated
+    assert bars(results, "cpu", "linear", "time") == []
+    out = tmp_path / "results-cpu.png"
+    assert plot(results, "cpu", out) == 4
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plot(results, "cuda", tmp_path / "none.png") == 0 and not (tmp_path / "none.png").exists()
+
+
 def test_saved_bytes_by_site_splits_the_saved_storages_by_the_code_that_saved_them():
     """The split sums to saved_storages' total, and the site that calls the ridge proxy's Function holds
     at least what that Function saves, whose size is known: the float64 chunk-start inverses

@@ -138,3 +138,34 @@ def write_section(path: str | Path, key: str, title: str, body: str, device: str
     pattern = re.compile(rf"<!-- section:{re.escape(key)} -->.*?<!-- end:{re.escape(key)} -->\n", re.S)
     text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
     atomic_write_text(path, text)
+
+
+def section_rows(path: str | Path, key: str, shape: str | None = None) -> list[dict[str, str]]:
+    """The table rows of RESULTS.md section ``key`` (as :func:`write_section` writes it), each a dict from
+    its table's header to the cell (a name repeated in the header gets " (2)", " (3)", … after its first
+    use); with ``shape``, only the table under that section's "### shape `…`" heading. Empty when the
+    file, the section or the shape is missing."""
+    path = Path(path)
+    text = path.read_text() if path.exists() else ""
+    match = re.search(rf"<!-- section:{re.escape(key)} -->(.*?)<!-- end:{re.escape(key)} -->", text, re.S)
+    rows, header, current = [], None, None
+    for line in match.group(1).splitlines() if match else []:
+        heading = re.match(r"(?:###\s+)?shape `([^`]+)`", line)
+        if heading:
+            current, header = heading.group(1), None
+            continue
+        if not line.startswith("|"):
+            header = None
+            continue
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if header is None:
+            header = [_numbered(cells, k) for k in range(len(cells))]
+        elif not set("".join(cells)) <= set("-: ") and (shape is None or current == shape):
+            rows.append(dict(zip(header, cells, strict=False)))
+    return rows
+
+
+def _numbered(names: list[str], k: int) -> str:
+    """names[k], with " (n)" where it is the n-th use of that name in ``names`` (n ≥ 2)."""
+    uses = names[: k + 1].count(names[k])
+    return names[k] if uses == 1 else f"{names[k]} ({uses})"
