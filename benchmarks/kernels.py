@@ -276,7 +276,7 @@ def main() -> None:
     fused = backward(loss_module.linear_cross_entropy, h, head, targets)
 
     def uneven_chunks():  # the earlier split: full chunks and the rest
-        loss_module.rows_per_chunk = lambda tokens, vocab: loss_module.CHUNK_ELEMENTS // vocab
+        loss_module.rows_per_chunk = lambda tokens, vocab, budget=None: loss_module.CHUNK_ELEMENTS // vocab
         try:
             fused()
         finally:

@@ -246,3 +246,22 @@ def test_gpu_script_parses_and_names_existing_scripts():
     assert len(steps) == len(set(steps)) and {"correctness", "train", "compile", "compile-fp32"} <= set(steps), steps
     only = subprocess.run(["bash", str(script)], capture_output=True, text=True, env={**env, "ONLY": "train"}, cwd=root)
     assert [line.split(" (")[0] for line in only.stdout.splitlines() if " s): " in line] == ["train"]
+
+
+def test_kernel_choices_script_runs_to_its_section(tmp_path):
+    """benchmarks/kernels.py swaps package internals in and out to compare kernels (e.g. the loss's chunk
+    split); a change of their signatures broke it once without any test noticing (rows_per_chunk's
+    budget). One repeat of every comparison (~6 s), into a scratch RESULTS.md."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    results = tmp_path / "RESULTS.md"
+    run = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "kernels.py"), "--repeats", "1", "--results", str(results)],
+        capture_output=True,
+        text=True,
+        cwd=root,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    text = results.read_text()
+    assert "<!-- section:kernels-cpu -->" in text and "fused head + cross-entropy" in text and "AdamW step" in text
