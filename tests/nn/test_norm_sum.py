@@ -110,3 +110,36 @@ def test_affine_terms_under_autocast_are_ordinary_products():
         reference = plain(norm, (1, x), (beta, torch.nn.functional.linear(a, w)))
     assert fused.dtype == torch.float32  # the product in bfloat16 as autocast runs it; the sum is not rounded
     torch.testing.assert_close(fused, reference, rtol=0, atol=2e-2)
+
+
+def test_weighted_sums_take_one_operator_per_term_and_a_unit_first_pair_one():
+    """Σ c_k t_k against its formula, and the operators it dispatches (each one GPU launch in an eager
+    step): a unit first coefficient folds into the second term's operator (no copy of t₀ first)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from sympformer.nn.norm_sum import _weighted_sum
+
+    class Names(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    _, (x, v, f), (beta, gain) = case()
+    x, v, f, beta, gain = (t.detach() for t in (x, v, f, beta, gain))
+    for coefficients, streams, operators in [
+        ([1.0, beta], [x, v], ["addcmul"]),
+        ([1.0, -0.5], [x, v], ["add"]),
+        ([1.0, beta, -0.5], [x, v, f], ["addcmul", "add_"]),
+        ([beta, gain], [v, f], ["mul", "addcmul_"]),
+        ([1.0], [x], ["clone"]),
+    ]:
+        with Names() as seen:
+            total = _weighted_sum(coefficients, streams)
+        expected = sum(c * t for c, t in zip(coefficients, streams, strict=True))
+        torch.testing.assert_close(total, expected, rtol=0, atol=1e-15)
+        assert seen.names == operators
+        assert all(total.data_ptr() != t.data_ptr() for t in streams)  # a new tensor: the streams are untouched

@@ -45,13 +45,21 @@ class Affine(NamedTuple):
         return F.linear(self.input, self.weight, self.bias)
 
 
+def _is_one(c: Coefficient) -> bool:
+    return isinstance(c, float) and c == 1.0
+
+
 def _weighted_sum(coefficients, streams) -> Tensor:
-    """Σ c_k t_k, accumulated in place into one new tensor."""
-    total = None
-    for c, t in zip(coefficients, streams, strict=True):
-        if total is None:
-            total = t * c if not (isinstance(c, float) and c == 1.0) else t.clone()
-        elif isinstance(c, Tensor):
+    """Σ c_k t_k, accumulated in place into one new tensor; t₀ + c₁ t₁ is one operator (an eager GPU step
+    pays per operator launched)."""
+    (c0, t0), rest = (coefficients[0], streams[0]), list(zip(coefficients[1:], streams[1:], strict=True))
+    if _is_one(c0) and rest:
+        (c1, t1), rest = rest[0], rest[1:]
+        total = torch.addcmul(t0, t1, c1) if isinstance(c1, Tensor) else torch.add(t0, t1, alpha=c1)
+    else:
+        total = t0.clone() if _is_one(c0) else t0 * c0
+    for c, t in rest:
+        if isinstance(c, Tensor):
             total.addcmul_(t, c)
         else:
             total.add_(t, alpha=c)
@@ -102,7 +110,7 @@ class _LayerNormOfSum(torch.autograd.Function):
         ]
         grad_flat, at = [], 4 + n
         for c, t, affine in zip(coefficients, streams, ctx.kinds, strict=True):
-            grad_t = grad_total if isinstance(c, float) and c == 1.0 else grad_total * c
+            grad_t = grad_total if _is_one(c) else grad_total * c
             if not affine:
                 grad_flat.append(grad_t.to(t.dtype) if needs[at] else None)
                 at += 1
