@@ -41,7 +41,7 @@ optional() { if named "$1" || { [ -z "${ONLY:-}" ] && [ -n "${ALL:-}" ]; }; then
 
 # short training runs through the command line on the device, bf16 (TRAIN_DEVICE=cpu ONLY=train tries
 # them on a machine without a GPU): train_check R2, then resumed; train_more v1_pe, and R2 compiled with
-# CUDA graphs. Each command starts torch on the device, ~15 s on the H200.
+# CUDA graphs and two micro-batches per update (as the paper presets accumulate). Each command starts torch on the device, ~15 s on the H200.
 train_common() {
   TRAIN_TMP=$(mktemp -d)
   COMMON=(--config configs/cpu-mini.yaml --set "data.corpus=files:src/sympformer/**/*.py"
@@ -57,7 +57,8 @@ train_more() {
   train_common
   "$PY" -m sympformer train "${COMMON[@]}" --set model.arch=v1_pe --set train.max_steps=50 --out "$TRAIN_TMP/v1" &&
     "$PY" -m sympformer train "${COMMON[@]}" --set model.arch=R2 --set train.max_steps=60 --set train.compile=true \
-      --set train.compile_mode="${TRAIN_COMPILE_MODE:-reduce-overhead}" --out "$TRAIN_TMP/r2-graphs"
+      --set train.compile_mode="${TRAIN_COMPILE_MODE:-reduce-overhead}" --set train.grad_accum=2 \
+      --out "$TRAIN_TMP/r2-graphs"
 }
 
 [ -n "${DRY:-}" ] || nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,temperature.gpu --format=csv | tee -a "$LOG"

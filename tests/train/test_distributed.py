@@ -47,5 +47,6 @@ def test_two_process_ddp_equals_one_process(tiny_data, tmp_path):
 
 @pytest.mark.slow
 def test_two_process_ddp_of_a_compiled_model_equals_one_process(tiny_data, tmp_path):
-    """DDP wraps the compiled model (train.compile): its gradient hooks still see every gradient."""
-    _one_and_two_processes_agree(tiny_data, tmp_path, compile=True)
+    """DDP wraps the compiled model (train.compile): its gradient hooks still see every gradient, also
+    with gradient accumulation (gradients synchronised on the last micro-batch only)."""
+    _one_and_two_processes_agree(tiny_data, tmp_path, compile=True, grad_accum=2)
