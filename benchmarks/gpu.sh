@@ -41,7 +41,8 @@ optional() { if named "$1" || { [ -z "${ONLY:-}" ] && [ -n "${ALL:-}" ]; }; then
 
 # short training runs through the command line on the device, bf16 (TRAIN_DEVICE=cpu ONLY=train tries
 # them on a machine without a GPU): train_check R2, then resumed; train_more v1_pe, and R2 compiled with
-# CUDA graphs and two micro-batches per update (as the paper presets accumulate). Each command starts torch on the device, ~15 s on the H200.
+# CUDA graphs and two micro-batches per update (as the paper presets accumulate). Each command starts
+# torch on the device, ~15 s on the H200.
 train_common() {
   TRAIN_TMP=$(mktemp -d)
   COMMON=(--config configs/cpu-mini.yaml --set "data.corpus=files:src/sympformer/**/*.py"
