@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The GPU subset of the benchmarks (bf16 autocast, flash SDPA), under 5 minutes on one H100/H200: by the
-# step times of the H200 runs of 2026-11-28 the default steps took 4.7–5.1 minutes with the eager kernel
-# profile among them (the training check's two runs estimated from four that took 115 s); that profile
-# (measured twice: the eager step is launch-bound) is now optional. The last line gives the total time.
+# The GPU subset of the benchmarks (bf16 autocast, flash SDPA), meant to take under 5 minutes on one
+# H100/H200: by the step times of the H200 runs of 2026-11-28 the default steps took 4.7–5.1 minutes
+# with the eager kernel profile among them (an estimate: the training check's two runs from four that
+# took 115 s); that profile (measured twice: the eager step is launch-bound) is now optional. The
+# default set has not yet run as a whole; the last line gives the total time.
 # Usage (repository root, CUDA machine): bash benchmarks/gpu.sh
 # Figures go to benchmarks/RESULTS.md sections keyed "cuda" (the card's name is recorded with them).
 # Correctness first (benchmarks/gpu_check.py); every later step runs even if one fails, and the
