@@ -80,7 +80,8 @@ elif [ -z "${ONLY:-}" ]; then
 fi
 optional particles 60 "$PY" benchmarks/particles_scale.py --device cuda --sizes 1000,10000,100000 --dense-limit-gb 40
 optional profile 60 "$PY" benchmarks/gpu_profile.py --precision bf16
-# what is left once launches are gone (compiled with CUDA graphs), and B_cap's share of H0's excess
+# what is left once launches are gone (compiled with CUDA graphs): by kind, whether H0's excess over B is
+# inductor's generated kernels or library calls, and B_cap's share of it
 optional profile-graphs 180 "$PY" benchmarks/gpu_profile.py --precision bf16 --compile-mode reduce-overhead \
   --cases primary:B,primary:B_cap,primary:H0,primary:R2,v1:B,v1:v1_fe
 export PY

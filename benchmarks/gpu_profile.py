@@ -11,6 +11,8 @@ Steps are timed interleaved in one process (median); kernels are summed over thr
 With --compile-mode the models are compiled first (reduce-overhead: CUDA graphs, whose kernels the
 profiler still records one by one): what is left of an architecture's cost once launches are gone, and
 which kernels carry it. B_cap (B with H0's learned velocity tables) separates the tables' share of H0's.
+Kernels are also summed by kind (inductor's generated Triton kernels, attention, matrix products, the
+optimizer, copies and fills, other ATen kernels), from their names (`KERNEL_KINDS`).
 
     python benchmarks/gpu_profile.py [--cases primary:B,primary:H0,...] [--precision bf16]
     python benchmarks/gpu_profile.py --compile-mode reduce-overhead --cases primary:B,primary:B_cap,primary:H0
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch.autograd import DeviceType
@@ -41,31 +44,105 @@ PROFILED_STEPS = 3
 TOP_KERNELS = 4
 
 
-def kernel_seconds(events) -> tuple[dict[str, float], int]:
-    """({kernel, copy or fill name: seconds summed over its launches}, launches) from profiler events.
-    Only the device's own records count: not the CPU's, and not the user annotations the profiler also
-    draws on the GPU timeline (``Optimizer.step#AdamW.step`` spans the optimizer's kernels, which are
+def kernel_seconds(events) -> tuple[dict[str, float], dict[str, int]]:
+    """({kernel, copy or fill name: seconds summed over its launches}, {name: launches}) from profiler
+    events. Only the device's own records count: not the CPU's, and not the user annotations the profiler
+    also draws on the GPU timeline (``Optimizer.step#AdamW.step`` spans the optimizer's kernels, which are
     counted themselves; the first H200 profile summed it with them)."""
-    by_name: dict[str, float] = {}
-    launches = 0
+    seconds: dict[str, float] = {}
+    launches: dict[str, int] = {}
     for e in events:
         if e.device_type == DeviceType.CUDA and not getattr(e, "is_user_annotation", False):
-            by_name[e.name] = by_name.get(e.name, 0.0) + (e.time_range.end - e.time_range.start) * 1e-6
-            launches += 1
-    return by_name, launches
+            seconds[e.name] = seconds.get(e.name, 0.0) + (e.time_range.end - e.time_range.start) * 1e-6
+            launches[e.name] = launches.get(e.name, 0) + 1
+    return seconds, launches
 
 
-def device_work(step) -> tuple[float, float, list[tuple[str, float]]]:
-    """(seconds of device kernels, copies and fills per step, launches per step, the TOP_KERNELS kernel
-    names by their seconds per step), over PROFILED_STEPS."""
+# what made a kernel, by its name; the first match wins: inductor names its Triton kernels after the
+# operators they fuse (an attention's input preparation may be "triton_…_attention…"), and the attention
+# libraries' kernels name their GEMM tiles too ("fmha_cutlassF…", cuDNN's "…sdpa_sm90_…wgmma…")
+KERNEL_KINDS = (
+    ("generated", ("triton",)),  # inductor's fused kernels
+    ("attention", ("flash", "fmha", "sdpa", "attention", "efficient")),
+    ("matrix products", ("gemm", "nvjet", "cutlass", "xmma", "cublas", "splitk")),
+    ("optimizer", ("multi_tensor_apply", "adam")),
+    ("copies and fills", ("memcpy", "memset", "direct_copy", "fill")),
+)
+OTHER_KIND = "other ATen"
+
+
+def kernel_kind(name: str) -> str:
+    """The kind of a kernel (KERNEL_KINDS), else OTHER_KIND: softmax, LayerNorm, reductions, elementwise."""
+    lowered = name.lower()
+    return next((kind for kind, marks in KERNEL_KINDS if any(m in lowered for m in marks)), OTHER_KIND)
+
+
+def by_kind(seconds: dict[str, float], launches: dict[str, int]) -> dict[str, tuple[int, float]]:
+    """{kind: (launches, seconds)} summed over the kernels of each kind."""
+    totals: dict[str, tuple[int, float]] = {}
+    for name, time in seconds.items():
+        kind = kernel_kind(name)
+        count, total = totals.get(kind, (0, 0.0))
+        totals[kind] = (count + launches[name], total + time)
+    return totals
+
+
+class DeviceWork(NamedTuple):
+    """Per step, over PROFILED_STEPS: device seconds, launches, the TOP_KERNELS longest kernels, and
+    {kind: (launches, seconds)}."""
+
+    seconds: float
+    launches: float
+    top: list[tuple[str, float]]
+    kinds: dict[str, tuple[float, float]]
+
+
+def device_work(step) -> DeviceWork:
+    """What one step keeps the device busy with (:class:`DeviceWork`), profiled over PROFILED_STEPS."""
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for _ in range(PROFILED_STEPS):
             step()
         torch.cuda.synchronize()
-    by_name, launches = kernel_seconds(prof.events())
-    top = sorted(by_name.items(), key=lambda item: -item[1])[:TOP_KERNELS]
-    per_step = lambda seconds: seconds / PROFILED_STEPS
-    return per_step(sum(by_name.values())), launches / PROFILED_STEPS, [(n, per_step(t)) for n, t in top]
+    seconds, launches = kernel_seconds(prof.events())
+    top = sorted(seconds.items(), key=lambda item: -item[1])[:TOP_KERNELS]
+    n = PROFILED_STEPS
+    kinds = {kind: (count / n, time / n) for kind, (count, time) in by_kind(seconds, launches).items()}
+    return DeviceWork(sum(seconds.values()) / n, sum(launches.values()) / n, [(k, t / n) for k, t in top], kinds)
+
+
+def report(cases: list[str], wall: dict[str, float], work: dict[str, DeviceWork], what: str) -> str:
+    """The section's tables: per case its wall and kernel time against its shape's first case, its kernels by
+    kind, and its longest kernels (``what``: the precision and mode, for the first line)."""
+    reference = {}
+    for case in cases:
+        reference.setdefault(case.split(":")[0], case)
+    rows = []
+    for case in cases:
+        ref = reference[case.split(":")[0]]
+        kernels, launches, ref_kernels = work[case].seconds, work[case].launches, work[ref].seconds
+        rows.append(
+            [
+                case,
+                f"{wall[case] * 1e3:.1f}",
+                f"{kernels * 1e3:.2f}",
+                f"{kernels / wall[case]:.0%}",
+                f"{launches:.0f}",
+                f"{wall[case] / wall[ref]:.2f}",
+                f"{kernels / ref_kernels:.2f}",
+            ]
+        )
+    header = ["case", "wall ms / step", "kernel ms / step", "GPU busy", "kernels / step", "wall × ref", "kernels × ref"]
+    body = f"{what}; the first case of each shape is its reference.\n\n" + markdown_table(header, rows)
+    kinds = [kind for kind, _ in KERNEL_KINDS] + [OTHER_KIND]
+    kind_rows = [
+        [case, *(f"{n:.0f} / {t * 1e3:.3f}" for n, t in (work[case].kinds.get(k, (0, 0.0)) for k in kinds))]
+        for case in cases
+    ]
+    body += "\n\nKernels by kind, launches / ms per step (names matched as in `KERNEL_KINDS`):\n\n"
+    body += markdown_table(["case", *kinds], kind_rows)
+    top_rows = [[case, name[:90], f"{seconds * 1e3:.3f}"] for case in cases for name, seconds in work[case].top]
+    body += f"\n\nThe {TOP_KERNELS} longest kernels of each case (summed over their launches in a step):\n\n"
+    return body + markdown_table(["case", "kernel", "ms / step"], top_rows)
 
 
 def main() -> None:
@@ -88,30 +165,8 @@ def main() -> None:
     steps = {case: shape_step(*case.split(":"), args.device, args.precision, args.compile_mode) for case in cases}
     wall = {case: median(t) for case, t in interleaved_times(steps, args.rounds, 5, args.device, WARMUP).items()}
     work = {case: device_work(steps[case]) for case in cases}
-    reference = {}
-    for case in cases:
-        reference.setdefault(case.split(":")[0], case)
-    rows = []
-    for case in cases:
-        ref = reference[case.split(":")[0]]
-        (kernels, launches, _), (ref_kernels, _, _) = work[case], work[ref]
-        rows.append(
-            [
-                case,
-                f"{wall[case] * 1e3:.1f}",
-                f"{kernels * 1e3:.2f}",
-                f"{kernels / wall[case]:.0%}",
-                f"{launches:.0f}",
-                f"{wall[case] / wall[ref]:.2f}",
-                f"{kernels / ref_kernels:.2f}",
-            ]
-        )
-    header = ["case", "wall ms / step", "kernel ms / step", "GPU busy", "kernels / step", "wall × ref", "kernels × ref"]
     how = "eager" if args.compile_mode is None else f"compiled ({args.compile_mode})"
-    body = f"{args.precision}, {how}; the first case of each shape is its reference.\n\n" + markdown_table(header, rows)
-    top_rows = [[case, name[:90], f"{seconds * 1e3:.3f}"] for case in cases for name, seconds in work[case][2]]
-    body += f"\n\nThe {TOP_KERNELS} longest kernels of each case (summed over their launches in a step):\n\n"
-    body += markdown_table(["case", "kernel", "ms / step"], top_rows)
+    body = report(cases, wall, work, f"{args.precision}, {how}")
     print(body)
     mode = "" if args.compile_mode is None else f", compiled {args.compile_mode}"
     write_section(

@@ -205,7 +205,7 @@ def test_gpu_profile_sums_device_records_but_not_annotations():
     (which spans kernels counted on their own) do not."""
     from types import SimpleNamespace
 
-    from gpu_profile import kernel_seconds
+    from gpu_profile import by_kind, kernel_seconds
     from torch.autograd import DeviceType
 
     def record(name, start_us, end_us, device=DeviceType.CUDA, annotation=False):
@@ -219,9 +219,58 @@ def test_gpu_profile_sums_device_records_but_not_annotations():
         record("Memcpy HtoD", 400, 450),
         record("aten::mm", 0, 900, device=DeviceType.CPU),
     ]
-    by_name, launches = kernel_seconds(events)
-    assert launches == 3
-    assert by_name == pytest.approx({"multi_tensor_apply_kernel": 350e-6, "Memcpy HtoD": 50e-6})
+    seconds, launches = kernel_seconds(events)
+    assert launches == {"multi_tensor_apply_kernel": 2, "Memcpy HtoD": 1}
+    assert seconds == pytest.approx({"multi_tensor_apply_kernel": 350e-6, "Memcpy HtoD": 50e-6})
+    kinds = by_kind(seconds, launches)
+    assert sorted(kinds) == ["copies and fills", "optimizer"]
+    assert kinds["optimizer"] == pytest.approx((2, 350e-6)) and kinds["copies and fills"] == pytest.approx((1, 50e-6))
+
+
+def test_gpu_profile_report_sets_each_case_against_its_shapes_first(tmp_path):
+    """The report's ratios are against the first case of the same shape, its kinds cover every case (a
+    kind a case lacks reads 0), and write_section keeps the tables readable by section_rows."""
+    from gpu_profile import DeviceWork, report
+
+    from sympformer.benchmarking import section_rows
+
+    work = {
+        "primary:B": DeviceWork(2e-3, 200, [("k", 1e-3)], {"generated": (150, 1e-3), "matrix products": (50, 1e-3)}),
+        "primary:H0": DeviceWork(3e-3, 350, [("k", 1e-3)], {"generated": (300, 2e-3), "matrix products": (50, 1e-3)}),
+        "v1:B": DeviceWork(1e-3, 100, [("k", 5e-4)], {"attention": (8, 1e-3)}),
+    }
+    wall = {"primary:B": 4e-3, "primary:H0": 5e-3, "v1:B": 2e-3}
+    body = report(list(work), wall, work, "bf16, compiled (reduce-overhead)")
+    write_section(tmp_path / "R.md", "gpu-profile", "t", body)
+    rows = section_rows(tmp_path / "R.md", "gpu-profile")
+    ratios = {row["case"]: (row["wall × ref"], row["kernels × ref"]) for row in rows if "wall × ref" in row}
+    assert ratios == {"primary:B": ("1.00", "1.00"), "primary:H0": ("1.25", "1.50"), "v1:B": ("1.00", "1.00")}
+    kinds = {row["case"]: row for row in rows if "generated" in row}
+    assert kinds["primary:H0"]["generated"] == "300 / 2.000" and kinds["v1:B"]["generated"] == "0 / 0.000"
+    assert kinds["v1:B"]["attention"] == "8 / 1.000" and set(kinds) == set(work)
+
+
+def test_gpu_kernels_are_sorted_by_what_made_them():
+    """Kernel names as the H200 profiles recorded them (and inductor's): a Triton kernel named after the
+    attention whose inputs it prepares is still generated code; attention libraries' GEMM tiles are
+    attention."""
+    from gpu_profile import kernel_kind
+
+    kinds = {
+        "triton_poi_fused__scaled_dot_product_flash_attention_0": "generated",
+        "triton_per_fused_native_layer_norm_1": "generated",
+        "cudnn_generated_fort_native_sdpa_sm90_flash_bprop_wgmma_f16_knob_26_64x64x64": "attention",
+        "void pytorch_flash::flash_bwd_dq_dk_dv_loop_seqk_parallel_kernel<Flash_bwd_kernel_traits<1": "attention",
+        "fmha_cutlassB_f32_aligned_64x64_k64_sm80": "attention",
+        "sm80_xmma_gemm_f32f32_f32f32_f32_nt_n_tilesize64x64x8_stage3": "matrix products",
+        "nvjet_sm90_tst_32x64_64x16_4x2_h_bz_NTN": "matrix products",
+        "void at::native::(anonymous namespace)::multi_tensor_apply_kernel<at::native::(anonymous n": "optimizer",
+        "void at::native::unrolled_elementwise_kernel<at::native::direct_copy_kernel_cuda(at::": "copies and fills",
+        "Memset (Device)": "copies and fills",
+        "void at::native::(anonymous namespace)::cunn_SoftMaxForward<4, float, float, float, at::na": "other ATen",
+        "void at::native::(anonymous namespace)::GammaBetaBackwardCUDAKernelTemplate<float, float,": "other ATen",
+    }
+    assert {name: kernel_kind(name) for name in kinds} == kinds
 
 
 def test_gpu_script_parses_and_names_existing_scripts():
