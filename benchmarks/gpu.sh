@@ -84,6 +84,9 @@ optional profile 60 "$PY" benchmarks/gpu_profile.py --precision bf16
 # inductor's generated kernels or library calls, and B_cap's share of it
 optional profile-graphs 180 "$PY" benchmarks/gpu_profile.py --precision bf16 --compile-mode reduce-overhead \
   --cases primary:B,primary:B_cap,primary:H0,primary:R2,v1:B,v1:v1_fe
+# and where R2_L's 1.54× H0_L with graphs goes (its ridge solves, float64 chunk inverses, more prefix passes)
+optional profile-graphs-linear 150 "$PY" benchmarks/gpu_profile.py --precision bf16 --compile-mode reduce-overhead \
+  --cases linear:H0_L,linear:R2_L
 export PY
 export -f train_common train_check train_more
 step train 90 bash -c train_check
