@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sympformer.benchmarking import interleaved_times, write_section
+from sympformer.benchmarking import interleaved_times, section_rows, write_section
 from sympformer.nn import CAUSAL_ARCHS
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -45,7 +45,6 @@ def test_sections_are_replaced_in_place_and_others_kept(tmp_path):
 
 
 def test_section_rows_reads_a_shape_table_with_repeated_column_names(tmp_path):
-    from sympformer.benchmarking import section_rows
 
     results = tmp_path / "RESULTS.md"
     table = "| arch | MiB | × B | RSS | × B |\n|---|---|---|---|---|\n"
@@ -232,8 +231,6 @@ def test_gpu_profile_report_sets_each_case_against_its_shapes_first(tmp_path):
     kind a case lacks reads 0), and write_section keeps the tables readable by section_rows."""
     from gpu_profile import DeviceWork, report
 
-    from sympformer.benchmarking import section_rows
-
     work = {
         "primary:B": DeviceWork(2e-3, 200, [("k", 1e-3)], {"generated": (150, 1e-3), "matrix products": (50, 1e-3)}),
         "primary:H0": DeviceWork(3e-3, 350, [("k", 1e-3)], {"generated": (300, 2e-3), "matrix products": (50, 1e-3)}),
@@ -297,20 +294,34 @@ def test_gpu_script_parses_and_names_existing_scripts():
     assert [line.split(" (")[0] for line in only.stdout.splitlines() if " s): " in line] == ["train"]
 
 
-def test_kernel_choices_script_runs_to_its_section(tmp_path):
-    """benchmarks/kernels.py swaps package internals in and out to compare kernels (e.g. the loss's chunk
-    split); a change of their signatures broke it once without any test noticing (rows_per_chunk's
-    budget). One repeat of every comparison (~6 s), into a scratch RESULTS.md."""
+# (script and its cheapest arguments, the section it writes): each run once into a scratch RESULTS.md.
+# kernels.py and momentum_algebra.py swap package internals in and out to compare variants (a change of
+# their signatures broke kernels.py once without any test noticing: rows_per_chunk's budget), so they run
+# in the default suite (~6 s each); the others, whose code `make bench` also needs, among the slow tests.
+SCRIPT_RUNS = [
+    pytest.param(["kernels.py", "--repeats", "1"], "kernels-cpu", id="kernels"),
+    pytest.param(["momentum_algebra.py", "--shapes", "v1", "--rounds", "1"], "momentum-algebra-cpu", id="algebra"),
+    *(
+        pytest.param(args, key, id=args[0].removesuffix(".py"), marks=pytest.mark.slow)
+        for args, key in [
+            (["blocks_step_time.py", "--shapes", "v1", "--rounds", "1", "--repeats", "1"], "blocks-v1-cpu-fp32"),
+            (["ops_per_step.py", "--shapes", "v1"], "ops-per-step"),
+            (["phases.py", "--rounds", "2"], "phases-v1-cpu"),
+            (["particles_scale.py", "--sizes", "1000"], "particles-scale-cpu"),
+            (["allocator.py", "--pairs", "1", "--shapes", "v1"], "allocator-cpu"),
+            (["compile.py", "--rounds", "1", "--shape", "v1", "--archs", "B,v1_fe"], "compile-cpu-v1"),
+        ]
+    ),
+]
+
+
+@pytest.mark.parametrize("args, key", SCRIPT_RUNS)
+def test_benchmark_script_runs_to_its_section(tmp_path, args, key):
     import subprocess
 
     root = Path(__file__).resolve().parents[1]
     results = tmp_path / "RESULTS.md"
-    run = subprocess.run(
-        [sys.executable, str(root / "benchmarks" / "kernels.py"), "--repeats", "1", "--results", str(results)],
-        capture_output=True,
-        text=True,
-        cwd=root,
-    )
+    command = [sys.executable, str(root / "benchmarks" / args[0]), *args[1:], "--results", str(results)]
+    run = subprocess.run(command, capture_output=True, text=True, cwd=root)
     assert run.returncode == 0, run.stderr[-2000:]
-    text = results.read_text()
-    assert "<!-- section:kernels-cpu -->" in text and "fused head + cross-entropy" in text and "AdamW step" in text
+    assert section_rows(results, key), f"no table in section {key}"
