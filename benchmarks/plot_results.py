@@ -4,8 +4,8 @@ each target drawn on its bar (green: within, red: above; grey bars have no targe
 
 - step time on the CPU: the block-time sections (`blocks-{shape}-cpu-fp32`, eager float32);
 - step time on a GPU: the compile sections with CUDA graphs, bf16 (`compile-cuda…-reduce-overhead-bf16`),
-  the GPU's recommended mode; where an eager step is bound by launching kernels, its ratios say little
-  about the architectures;
+  the GPU's recommended mode (an eager step is bound by launching kernels, and its ratios say little
+  about the architectures); where a shape has none, the eager block sections (`blocks-{shape}-cuda-bf16`);
 - memory: the allocator's peak, `memory-{device}` (float32).
 
 Targets, from DESIGN.md: Y and H0 ≤ 1.10× the baseline (Y_L, H0_L likewise); at the primary shape H1
@@ -36,17 +36,23 @@ class Bar(NamedTuple):
     target: float | None  # in the same units; None: no target
 
 
-def time_section(device: str, shape: str) -> str:
-    """The RESULTS.md section with the step-time ratios plotted for ``device`` at ``shape``."""
+def sections(device: str, shape: str, kind: str) -> list[tuple[str, str]]:
+    """(RESULTS.md section, panel label) for ``kind`` "time" or "memory" at ``shape``, in order of
+    preference: the first with figures is plotted. On a GPU the step times compiled with CUDA graphs
+    (written by gpu.sh), else the eager ones (`make bench --device cuda` writes those)."""
+    if kind == "memory":
+        return [(f"memory-{device}", "peak memory × baseline")]
     if device == "cpu":
-        return f"blocks-{shape}-cpu-fp32"
-    return "compile-cuda" + ("" if shape == "primary" else f"-{shape}") + "-reduce-overhead-bf16"
+        return [(f"blocks-{shape}-cpu-fp32", "step time × baseline")]
+    graphs = "compile-cuda" + ("" if shape == "primary" else f"-{shape}") + "-reduce-overhead-bf16"
+    eager = f"blocks-{shape}-cuda-bf16"
+    return [(graphs, "step time × baseline (CUDA graphs, bf16)"), (eager, "step time × baseline (eager, bf16)")]
 
 
-def _ratio_column(row: dict[str, str], device: str, kind: str) -> str:
+def _ratio_column(row: dict[str, str], key: str) -> str:
     """The header of the ratio against the baseline: the first "× …" column (the compile sections':
     "compiled × …")."""
-    wanted = "compiled × " if kind == "time" and device != "cpu" else "× "
+    wanted = "compiled × " if key.startswith("compile-") else "× "
     return next(name for name in row if name.startswith(wanted))
 
 
@@ -66,13 +72,18 @@ def time_target(shape: str, arch: str, ratios: dict[str, float]) -> float | None
     return None
 
 
-def bars(results: Path, device: str, shape: str, kind: str) -> list[Bar]:
-    """The bars of one panel: ``kind`` "time" or "memory" at ``shape``; empty without figures."""
-    key = time_section(device, shape) if kind == "time" else f"memory-{device}"
-    rows = section_rows(results, key, shape)
-    if not rows:
-        return []
-    column = _ratio_column(rows[0], device, kind)
+def bars(results: Path, device: str, shape: str, kind: str) -> tuple[list[Bar], str]:
+    """The bars of one panel, ``kind`` "time" or "memory" at ``shape``, and its label (:func:`sections`);
+    no bars without figures."""
+    candidates = sections(device, shape, kind)
+    for key, label in candidates:
+        rows = section_rows(results, key, shape)
+        if rows:
+            return _bars(rows, _ratio_column(rows[0], key), shape, kind), label
+    return [], candidates[0][1]
+
+
+def _bars(rows: list[dict[str, str]], column: str, shape: str, kind: str) -> list[Bar]:
     ratios = {row["arch"]: float(row[column]) for row in rows if _is_number(row.get(column, ""))}
     if kind == "memory":
         return [Bar(arch, r, None if arch in BASELINES else MEMORY_TARGET) for arch, r in ratios.items()]
@@ -90,7 +101,7 @@ def _is_number(cell: str) -> bool:
 def plot(results: Path, device: str, out: Path) -> int:
     """Draw the figure; returns the number of panels with figures (0: nothing written)."""
     panels = {(kind, shape): bars(results, device, shape, kind) for kind in ("time", "memory") for shape in SHAPE_NAMES}
-    shapes = [shape for shape in SHAPE_NAMES if panels["time", shape] or panels["memory", shape]]
+    shapes = [shape for shape in SHAPE_NAMES if panels["time", shape][0] or panels["memory", shape][0]]
     if not shapes:
         return 0
     import matplotlib
@@ -98,18 +109,18 @@ def plot(results: Path, device: str, out: Path) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tallest = max(len(panels[kind, shape]) for kind in ("time", "memory") for shape in shapes)
+    tallest = max(len(panels[kind, shape][0]) for kind in ("time", "memory") for shape in shapes)
     fig, axes = plt.subplots(
         2, len(shapes), figsize=(3.6 * len(shapes), 1.2 + 0.5 * tallest), squeeze=False, constrained_layout=True
     )
-    time_label = "step time × baseline" + ("" if device == "cpu" else " (CUDA graphs, bf16)")
     for column, shape in enumerate(shapes):
-        for row, (kind, label) in enumerate((("time", time_label), ("memory", "peak memory × baseline"))):
-            _panel(axes[row][column], panels[kind, shape], f"{shape}: {label}")
+        for row, kind in enumerate(("time", "memory")):
+            data, label = panels[kind, shape]
+            _panel(axes[row][column], data, f"{shape}: {label}")
     fig.suptitle(f"sympformer against the DESIGN.md targets ({device}; tick: target; green within, red above)")
     save_figure(fig, out)
     plt.close(fig)
-    return sum(1 for data in panels.values() if data)
+    return sum(1 for data, _ in panels.values() if data)
 
 
 def _panel(ax, data: list[Bar], title: str) -> None:

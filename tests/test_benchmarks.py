@@ -75,20 +75,32 @@ def test_results_plot_marks_each_target_in_baseline_units(tmp_path):
     memory = "| arch | allocated peak (MiB) | × B | RSS peak (MiB) | × B |\n|---|---|---|---|---|\n"
     memory += "| B | 100 | 1.00 | 90 | 1.00 |\n| H0 | 133 | 1.33 | 99 | 1.10 |\n"
     write_section(results, "memory-cpu", "m", f"### shape `primary`: {{}}\n\n{memory}")
-    primary = bars(results, "cpu", "primary", "time")
+    primary, label = bars(results, "cpu", "primary", "time")
     assert [(b.arch, b.ratio) for b in primary] == [("B", 1.0), ("H0", 1.1), ("R2", 1.4)]
+    assert label == "step time × baseline"
     assert primary[0].target is None and primary[1].target == 1.10
     assert primary[2].target == pytest.approx(1.25 * 1.1)  # R2 ≤ 1.25 × H0, in units of B
-    assert bars(results, "cpu", "heavy", "time")[2].target is None  # R2's target is set at the primary shape
-    v1_targets = {b.arch: b.target for b in bars(results, "cpu", "v1", "time")}
+    assert bars(results, "cpu", "heavy", "time")[0][2].target is None  # R2's target is set at the primary shape
+    v1_targets = {b.arch: b.target for b in bars(results, "cpu", "v1", "time")[0]}
     assert v1_targets == {"B": None, "v1_pe": 1.2, "v1_strang": 2.0, "v1_doubling": 3.5}
-    memory_bars = bars(results, "cpu", "primary", "memory")
+    memory_bars, _ = bars(results, "cpu", "primary", "memory")
     assert [(b.arch, b.ratio, b.target) for b in memory_bars] == [("B", 1.0, None), ("H0", 1.33, 1.3)]  # allocated
-    assert bars(results, "cpu", "linear", "time") == []
+    assert bars(results, "cpu", "linear", "time") == ([], "step time × baseline")
+    # on a GPU the CUDA-graph section is preferred, and the eager one serves where a shape has none
+    graphs = "| arch | eager ms / step | compiled ms / step | speed-up | eager × B | compiled × B |\n"
+    graphs += "|---|---|---|---|---|---|\n"
+    graphs += "| B | 10 | 2.0 | 5 | 1.00 | 1.00 |\n| H0 | 17 | 2.4 | 7 | 1.70 | 1.20 |\n"
+    write_section(results, "compile-cuda-reduce-overhead-bf16", "c", f"shape `primary`: {{}}\n\n{graphs}")
+    for shape in ("primary", "heavy"):
+        write_section(results, f"blocks-{shape}-cuda-bf16", "t", f"### shape `{shape}`: {{}}\n\n{header}{rows}")
+    gpu_primary, gpu_label = bars(results, "cuda", "primary", "time")
+    assert [(b.arch, b.ratio) for b in gpu_primary] == [("B", 1.0), ("H0", 1.2)] and "CUDA graphs" in gpu_label
+    gpu_heavy, gpu_label = bars(results, "cuda", "heavy", "time")
+    assert [b.ratio for b in gpu_heavy] == [1.0, 1.1, 1.4] and "eager" in gpu_label
     out = tmp_path / "results-cpu.png"
     assert plot(results, "cpu", out) == 4
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert plot(results, "cuda", tmp_path / "none.png") == 0 and not (tmp_path / "none.png").exists()
+    assert plot(tmp_path / "empty.md", "cuda", tmp_path / "none.png") == 0 and not (tmp_path / "none.png").exists()
 
 
 def test_saved_bytes_by_site_splits_the_saved_storages_by_the_code_that_saved_them():
