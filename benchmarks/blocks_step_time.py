@@ -94,6 +94,25 @@ def run(shape: str, device: str, rounds: int, repeats: int, precision: str, chec
     return f"### shape `{shape}`: {fields}, batch {batch}, {precision}\n\n" + markdown_table(header, rows) + "\n"
 
 
+def blocks_section(shape: str, device: str, precision: str = "fp32", checkpointing: bool = False) -> str:
+    """The RESULTS.md key of this script's section for ``shape`` (``device``: "cpu", "cuda", …)."""
+    return f"blocks-{shape}-{device.split(':')[0]}-{precision}" + ("-ckpt" if checkpointing else "")
+
+
+def compile_section(shape: str, device: str, precision: str = "fp32", mode: str | None = None) -> str:
+    """The RESULTS.md key of compile.py's section for ``shape`` (mode None or "default": torch's default)."""
+    key = f"compile-{device.split(':')[0]}" + ("" if shape == "primary" else f"-{shape}")
+    key += f"-{mode}" if mode not in (None, "default") else ""
+    return key + ("" if precision == "fp32" else f"-{precision}")
+
+
+def add_compile_mode(parser: argparse.ArgumentParser, flag: str, help: str) -> None:
+    """A command-line option for torch.compile's mode (the trainer's ``train.compile_mode`` values)."""
+    from sympformer.train.config import COMPILE_MODES
+
+    parser.add_argument(flag, default=None, choices=COMPILE_MODES, help=help)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -115,7 +134,7 @@ def main() -> None:
         device = args.device.split(":")[0]
         mode = ", activation checkpointing" if args.activation_checkpointing else ""
         title = f"Momentum blocks: training-step time, shape `{shape}` ({args.device}, {args.precision}{mode})"
-        key = f"blocks-{shape}-{device}-{args.precision}" + ("-ckpt" if args.activation_checkpointing else "")
+        key = blocks_section(shape, device, args.precision, args.activation_checkpointing)
         write_section(args.results, key, title, body, args.device)
 
 

@@ -17,11 +17,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from blocks_step_time import SHAPES, shape_step  # noqa: E402
+from blocks_step_time import SHAPES, add_compile_mode, compile_section, shape_step  # noqa: E402
 
 from sympformer.allocator import apply_allocator_choice  # noqa: E402
 from sympformer.benchmarking import interleaved_times, median, synchronize, write_section  # noqa: E402
-from sympformer.train.config import COMPILE_MODES  # noqa: E402
 from sympformer.utils import markdown_table
 
 
@@ -31,11 +30,8 @@ def main() -> None:
     parser.add_argument("--archs", default="B,H0,R2")
     parser.add_argument("--shape", default="primary", choices=sorted(SHAPES))
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument(
-        "--mode",
-        default=None,
-        choices=COMPILE_MODES,
-        help="torch.compile's mode (reduce-overhead: CUDA graphs, which replay a step's launches at once)",
+    add_compile_mode(
+        parser, "--mode", "torch.compile's mode (reduce-overhead: CUDA graphs, which replay a step's launches)"
     )
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="bf16: autocast")
     parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
@@ -77,8 +73,7 @@ def main() -> None:
     device = args.device.split(":")[0]
     mode = args.mode if args.mode not in (None, "default") else None
     precision = "" if args.precision == "fp32" else f"-{args.precision}"
-    key = f"compile-{device}" + ("" if args.shape == "primary" else f"-{args.shape}") + (f"-{mode}" if mode else "")
-    key += precision
+    key = compile_section(args.shape, device, args.precision, args.mode)
     title = f"torch.compile on and off, shape `{args.shape}` ({args.device}" + (f", mode {mode}" if mode else "")
     title += f", {args.precision})" if precision else ")"
     write_section(args.results, key, title, body, args.device)

@@ -22,7 +22,7 @@ import torch
 import torch._inductor.metrics as inductor_metrics
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from blocks_step_time import shape_step  # noqa: E402
+from blocks_step_time import compile_section, shape_step  # noqa: E402
 from ops_per_step import gpu_times  # noqa: E402
 
 from sympformer.benchmarking import write_section  # noqa: E402
@@ -33,7 +33,6 @@ CASES = (
     "primary:B,primary:B_cap,primary:H0,primary:R2,heavy:B,heavy:B_cap,heavy:H0,heavy:R2,"
     "linear:B_L,linear:H0_L,linear:R2_L,v1:B,v1:v1_fe,v1:v1_pe"
 )
-GPU_SECTION = "compile-cuda{shape}-reduce-overhead-bf16"  # "" for the primary shape, else "-{name}"
 COMPILED_COLUMN, RATIO_COLUMN = 2, 5  # the compile sections' "compiled ms / step" and "compiled × <first arch>"
 
 
@@ -59,7 +58,7 @@ def main() -> None:
     for shape in dict.fromkeys(shape for shape, _ in cases):
         archs = [arch for s, arch in cases if s == shape]
         base = archs[0]
-        key = GPU_SECTION.format(shape="" if shape == "primary" else f"-{shape}")
+        key = compile_section(shape, "cuda", "bf16", "reduce-overhead")
         gpu = gpu_times(Path(args.results), key, COMPILED_COLUMN)
         # the section's own ratios (from unrounded times), valid where its first architecture is this base
         ratio = gpu_times(Path(args.results), key, RATIO_COLUMN) if next(iter(gpu), None) == base else {}

@@ -30,10 +30,9 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from blocks_step_time import shape_step  # noqa: E402
+from blocks_step_time import add_compile_mode, shape_step  # noqa: E402
 
 from sympformer.benchmarking import interleaved_times, median, write_section  # noqa: E402
-from sympformer.train.config import COMPILE_MODES  # noqa: E402
 from sympformer.utils import markdown_table  # noqa: E402
 
 CASES = "primary:B,primary:B_cap,primary:H0,primary:R2,heavy:B,heavy:H0,heavy:R2,v1:B,v1:v1_fe,v1:v1_pe,v1:v1_strang"
@@ -151,12 +150,7 @@ def main() -> None:
     parser.add_argument("--cases", default=CASES, help="shape:arch,…; the first of each shape is its reference")
     parser.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument(
-        "--compile-mode",
-        default=None,
-        choices=COMPILE_MODES,
-        help="compile the models with this torch.compile mode first (default: eager)",
-    )
+    add_compile_mode(parser, "--compile-mode", "compile the models with this torch.compile mode first (default: eager)")
     parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
     args = parser.parse_args()
     if not args.device.startswith("cuda") or not torch.cuda.is_available():

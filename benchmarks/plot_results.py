@@ -18,12 +18,16 @@ Targets, from DESIGN.md: Y and H0 ≤ 1.10× the baseline (Y_L, H0_L likewise); 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import NamedTuple
 
-from sympformer.benchmarking import section_rows
-from sympformer.nn import SympFormerConfig
-from sympformer.utils import save_figure
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from blocks_step_time import blocks_section, compile_section  # noqa: E402
+
+from sympformer.benchmarking import section_rows  # noqa: E402
+from sympformer.nn import SympFormerConfig  # noqa: E402
+from sympformer.utils import save_figure  # noqa: E402
 
 SHAPE_NAMES = ("primary", "heavy", "linear", "v1")
 BASELINES = ("B", "B_cap", "B_L")  # no target: the classical blocks
@@ -43,9 +47,9 @@ def sections(device: str, shape: str, kind: str) -> list[tuple[str, str]]:
     if kind == "memory":
         return [(f"memory-{device}", "peak memory × baseline")]
     if device == "cpu":
-        return [(f"blocks-{shape}-cpu-fp32", "step time × baseline")]
-    graphs = "compile-cuda" + ("" if shape == "primary" else f"-{shape}") + "-reduce-overhead-bf16"
-    eager = f"blocks-{shape}-cuda-bf16"
+        return [(blocks_section(shape, "cpu"), "step time × baseline")]
+    graphs = compile_section(shape, device, "bf16", "reduce-overhead")
+    eager = blocks_section(shape, device, "bf16")
     return [(graphs, "step time × baseline (CUDA graphs, bf16)"), (eager, "step time × baseline (eager, bf16)")]
 
 

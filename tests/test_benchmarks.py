@@ -23,6 +23,23 @@ def test_every_causal_architecture_has_a_step_time_shape():
         assert reference in archs
 
 
+def test_section_keys_name_the_sections_the_scripts_wrote():
+    """blocks_section and compile_section, which compile_kernels.py and plot_results.py use to find the
+    step-time sections, give the keys under which the scripts wrote benchmarks/RESULTS.md."""
+    from blocks_step_time import blocks_section, compile_section
+
+    text = (Path(__file__).resolve().parents[1] / "benchmarks" / "RESULTS.md").read_text()
+    keys = [blocks_section(s, "cpu") for s in ("primary", "heavy", "linear", "v1")]
+    keys += [blocks_section("heavy", "cpu", checkpointing=True), blocks_section("primary", "cuda:0", "bf16")]
+    keys += [compile_section(s, "cuda", "bf16", "reduce-overhead") for s in ("primary", "heavy", "linear", "v1")]
+    keys += [
+        compile_section("primary", "cpu"),
+        compile_section("v1", "cpu", mode="default"),
+        compile_section("primary", "cuda"),
+    ]
+    assert [key for key in keys if f"<!-- section:{key} -->" not in text] == []
+
+
 def test_interleaving_rotates_the_order_every_round():
     calls: list[str] = []
     contenders = {name: (lambda name=name: calls.append(name)) for name in "abc"}
