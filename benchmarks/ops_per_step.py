@@ -15,7 +15,6 @@ With --gpu-section the count is set beside an earlier GPU step-time section's fi
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from collections import Counter
 from pathlib import Path
@@ -25,7 +24,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from blocks_step_time import SHAPES, shape_step  # noqa: E402
 
-from sympformer.benchmarking import section_rows, write_section  # noqa: E402
+from sympformer.benchmarking import section_rows, table_number, write_section  # noqa: E402
 from sympformer.utils import markdown_table  # noqa: E402
 
 # operators that only make views or read metadata: no kernel on any device
@@ -62,8 +61,9 @@ def gpu_times(results: Path, key: str, column: int = 1) -> dict[str, float]:
     times = {}
     for row in section_rows(results, key):
         cells = list(row.values())
-        if len(cells) > column and re.fullmatch(r"[\d.]+", cells[column]):
-            times[cells[0]] = float(cells[column])
+        value = table_number(cells[column]) if len(cells) > column else None
+        if value is not None:
+            times[cells[0]] = value
     return times
 
 

@@ -25,7 +25,7 @@ from typing import NamedTuple
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from blocks_step_time import blocks_section, compile_section  # noqa: E402
 
-from sympformer.benchmarking import section_rows  # noqa: E402
+from sympformer.benchmarking import section_rows, table_number  # noqa: E402
 from sympformer.nn import SympFormerConfig  # noqa: E402
 from sympformer.utils import save_figure  # noqa: E402
 
@@ -88,18 +88,11 @@ def bars(results: Path, device: str, shape: str, kind: str) -> tuple[list[Bar], 
 
 
 def _bars(rows: list[dict[str, str]], column: str, shape: str, kind: str) -> list[Bar]:
-    ratios = {row["arch"]: float(row[column]) for row in rows if _is_number(row.get(column, ""))}
+    ratios = {row["arch"]: table_number(row.get(column, "")) for row in rows}
+    ratios = {arch: ratio for arch, ratio in ratios.items() if ratio is not None}
     if kind == "memory":
         return [Bar(arch, r, None if arch in BASELINES else MEMORY_TARGET) for arch, r in ratios.items()]
     return [Bar(arch, r, time_target(shape, arch, ratios)) for arch, r in ratios.items()]
-
-
-def _is_number(cell: str) -> bool:
-    try:
-        float(cell)
-    except ValueError:
-        return False
-    return True
 
 
 def plot(results: Path, device: str, out: Path) -> int:

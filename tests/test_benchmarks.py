@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sympformer.benchmarking import interleaved_times, section_rows, write_section
+from sympformer.benchmarking import interleaved_times, section_rows, table_number, write_section
 from sympformer.nn import CAUSAL_ARCHS
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -74,6 +74,7 @@ def test_section_rows_reads_a_shape_table_with_repeated_column_names(tmp_path):
     assert len(section_rows(results, "memory-cpu")) == 4  # every shape's table
     assert section_rows(results, "memory-cpu", "heavy") == [] and section_rows(results, "absent") == []
     assert section_rows(tmp_path / "none.md", "memory-cpu") == []
+    assert [table_number(cell) for cell in ("13.1", "4,772", "—", "ok", "-0.5")] == [13.1, 4772.0, None, None, -0.5]
 
 
 def test_results_plot_marks_each_target_in_baseline_units(tmp_path):

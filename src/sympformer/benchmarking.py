@@ -169,3 +169,11 @@ def _numbered(names: list[str], k: int) -> str:
     """names[k], with " (n)" where it is the n-th use of that name in ``names`` (n ≥ 2)."""
     uses = names[: k + 1].count(names[k])
     return names[k] if uses == 1 else f"{names[k]} ({uses})"
+
+
+def table_number(cell: str) -> float | None:
+    """A RESULTS.md table cell as a number ("1,234.5" → 1234.5), or None ("—", words)."""
+    try:
+        return float(cell.replace(",", ""))
+    except ValueError:
+        return None
