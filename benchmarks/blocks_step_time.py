@@ -21,6 +21,7 @@ import torch
 from sympformer.allocator import apply_allocator_choice  # noqa: E402
 from sympformer.benchmarking import interleaved_times, median, training_optimizer, write_section
 from sympformer.nn import SympFormerConfig, SympFormerLM
+from sympformer.train.config import compile_model
 from sympformer.utils import markdown_table
 
 SOFTMAX = ("B", "B_cap", "Y", "H0", "H1", "R2", "H1_LA", "R2_LA")
@@ -65,11 +66,7 @@ def shape_step(
     (``overrides``: further model fields, e.g. activation_checkpointing=True). With ``compile_mode`` the
     model is compiled (torch.compile's mode; "default" is its None), the optimiser's step is not."""
     model = SympFormerLM(SympFormerConfig(**SHAPES[shape][0], **overrides, arch=arch)).to(device)
-    runner = (
-        model
-        if compile_mode is None
-        else torch.compile(model, mode=None if compile_mode == "default" else compile_mode)
-    )
+    runner = model if compile_mode is None else compile_model(model, compile_mode)
     return train_step_fn(runner, shape_batch(shape, device), training_optimizer(model), precision)
 
 

@@ -9,6 +9,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 import yaml
 
 from sympformer.nn.config import SympFormerConfig
@@ -17,6 +18,11 @@ PRECISIONS = ("fp32", "bf16")
 # torch.compile's modes; reduce-overhead replays each step's kernel launches as CUDA graphs, which is
 # what small models on a GPU need (a step there is bound by launching kernels: benchmarks/RESULTS.md)
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def compile_model(model, mode: str):
+    """``torch.compile(model)`` in one of COMPILE_MODES ("default" is torch's own default, mode None)."""
+    return torch.compile(model, mode=None if mode == "default" else mode)
 
 
 class ConfigError(ValueError):

@@ -26,7 +26,7 @@ from sympformer.nn import SympFormerLM
 from sympformer.nn.layers import ConstrainedScalar
 from sympformer.train import distributed as D
 from sympformer.train.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
-from sympformer.train.config import RunConfig, tokens_per_update, total_steps, warmup_steps
+from sympformer.train.config import RunConfig, compile_model, tokens_per_update, total_steps, warmup_steps
 from sympformer.train.metrics import DYNAMICS_COLUMNS, METRICS_COLUMNS, CSVLog, plot_losses
 from sympformer.train.optim import build_optimizer, learning_rate, set_learning_rate
 from sympformer.utils import atomic_write_text, seed_everything
@@ -172,7 +172,7 @@ def train(
         # a fresh dynamo state per run: `compare` trains several models in one process, and nothing from
         # an earlier model's compilation applies to this one
         torch._dynamo.reset()
-        runner = torch.compile(runner, mode=None if t.compile_mode == "default" else t.compile_mode)
+        runner = compile_model(runner, t.compile_mode)
     if info.enabled:
         runner = DistributedDataParallel(runner, device_ids=[device.index] if device.type == "cuda" else None)
 
