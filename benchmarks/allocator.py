@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import options  # noqa: E402
 from blocks_step_time import SHAPES, with_benchmarks_on_path  # noqa: E402
 
 from sympformer.allocator import ENV  # noqa: E402
@@ -102,16 +103,18 @@ def run(shape: str, pairs: int) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shapes", default="primary,heavy,linear,v1")
-    parser.add_argument("--pairs", type=int, default=3, help="processes per setting, alternating")
-    parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
+    options.add_shapes(parser, ARCHS)
+    parser.add_argument(
+        "--pairs",
+        type=options.positive_int,
+        default=3,
+        help="processes per setting, alternating (default: %(default)s)",
+    )
+    options.add_results(parser)
     args = parser.parse_args()
-    unknown = sorted(set(args.shapes.split(",")) - set(ARCHS))
-    if unknown:
-        parser.error(f"unknown shapes {unknown}; valid: {', '.join(ARCHS)}")
     body = (
         f"Median over {args.pairs} processes per setting (each: medians of 3 interleaved rounds of 2 steps).\n\n"
-        + "\n".join(run(shape, args.pairs) for shape in args.shapes.split(","))
+        + "\n".join(run(shape, args.pairs) for shape in args.shapes)
     )
     print(body)
     write_section(args.results, "allocator-cpu", "CPU allocator: glibc defaults against tune_cpu_allocator", body)

@@ -16,9 +16,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import options
 import torch
 
-from sympformer.allocator import apply_allocator_choice  # noqa: E402
+from sympformer.allocator import apply_allocator_choice
 from sympformer.benchmarking import interleaved_times, median, training_optimizer, write_section
 from sympformer.nn import SympFormerConfig, SympFormerLM
 from sympformer.train.config import compile_model
@@ -103,29 +104,22 @@ def compile_section(shape: str, device: str, precision: str = "fp32", mode: str 
     return key + ("" if precision == "fp32" else f"-{precision}")
 
 
-def add_compile_mode(parser: argparse.ArgumentParser, flag: str, help: str) -> None:
-    """A command-line option for torch.compile's mode (the trainer's ``train.compile_mode`` values)."""
-    from sympformer.train.config import COMPILE_MODES
-
-    parser.add_argument(flag, default=None, choices=COMPILE_MODES, help=help)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--shapes", default="primary,heavy,linear,v1")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    options.add_device(parser)
+    options.add_rounds(parser, 5)
+    options.add_repeats(parser, 2)
+    options.add_shapes(parser, SHAPES)
+    options.add_precision(parser)
     parser.add_argument(
         "--activation-checkpointing",
         action="store_true",
         help="every architecture (the baseline too) with activation_checkpointing: true (the time of the memory lever)",
     )
-    parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
+    options.add_results(parser)
     args = parser.parse_args()
     apply_allocator_choice()  # as the sympformer command does (SYMPFORMER_CPU_ALLOCATOR)
-    for shape in args.shapes.split(","):
+    for shape in args.shapes:
         body = run(shape, args.device, args.rounds, args.repeats, args.precision, args.activation_checkpointing)
         print(body)
         device = args.device.split(":")[0]

@@ -14,10 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from blocks_step_time import SHAPES, add_compile_mode, compile_section, shape_step  # noqa: E402
+import options  # noqa: E402
+from blocks_step_time import SHAPES, compile_section, shape_step  # noqa: E402
 
 from sympformer.allocator import apply_allocator_choice  # noqa: E402
 from sympformer.benchmarking import interleaved_times, median, synchronize, write_section  # noqa: E402
@@ -26,20 +25,20 @@ from sympformer.utils import markdown_table
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--archs", default="B,H0,R2")
-    parser.add_argument("--shape", default="primary", choices=sorted(SHAPES))
-    parser.add_argument("--rounds", type=int, default=5)
-    add_compile_mode(
+    options.add_device(parser)
+    options.add_archs(parser, "B,H0,R2", "comma-separated; the first is the reference (default: %(default)s)")
+    parser.add_argument("--shape", default="primary", choices=sorted(SHAPES), help="(default: %(default)s)")
+    options.add_rounds(parser, 5)
+    options.add_compile_mode(
         parser, "--mode", "torch.compile's mode (reduce-overhead: CUDA graphs, which replay a step's launches)"
     )
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="bf16: autocast")
-    parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
+    options.add_precision(parser)
+    options.add_results(parser)
     args = parser.parse_args()
     apply_allocator_choice()  # as the sympformer command does (SYMPFORMER_CPU_ALLOCATOR)
     fields, batch, _, _ = SHAPES[args.shape]
     contenders, compile_seconds = {}, {}
-    for arch in args.archs.split(","):
+    for arch in args.archs:
         contenders[f"{arch} eager"] = shape_step(args.shape, arch, args.device, args.precision)
         contenders[f"{arch} compiled"] = shape_step(
             args.shape, arch, args.device, args.precision, args.mode or "default"
@@ -50,8 +49,8 @@ def main() -> None:
         compile_seconds[arch] = time.perf_counter() - start
     times = interleaved_times(contenders, rounds=args.rounds, repeats=2, device=args.device)
     rows = []
-    first = args.archs.split(",")[0]
-    for arch in args.archs.split(","):
+    first = args.archs[0]
+    for arch in args.archs:
         eager, compiled = median(times[f"{arch} eager"]), median(times[f"{arch} compiled"])
         ratios = (eager / median(times[f"{first} eager"]), compiled / median(times[f"{first} compiled"]))
         rows.append(

@@ -22,7 +22,8 @@ import torch
 import torch._inductor.metrics as inductor_metrics
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from blocks_step_time import compile_section, shape_step  # noqa: E402
+import options  # noqa: E402
+from blocks_step_time import SHAPES, compile_section, shape_step  # noqa: E402
 from ops_per_step import gpu_times  # noqa: E402
 
 from sympformer.benchmarking import write_section  # noqa: E402
@@ -46,10 +47,10 @@ def generated_kernels(shape: str, arch: str) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cases", default=CASES, help="shape:arch,…; the first of each shape is its reference")
-    parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
+    options.add_cases(parser, SHAPES, CASES, "shape:arch,…; the first of each shape is its reference")
+    options.add_results(parser)
     args = parser.parse_args()
-    cases = [case.split(":") for case in args.cases.split(",")]
+    cases = [case.split(":") for case in args.cases]
     counts = {}
     for shape, arch in cases:
         counts[shape, arch] = generated_kernels(shape, arch)

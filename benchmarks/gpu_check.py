@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
+import options
 import torch
 
 from sympformer.benchmarking import write_section
@@ -72,14 +72,14 @@ def passes(m: dict[str, float]) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--archs", default=",".join(ARCHS))
-    parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
+    options.add_device(parser)
+    options.add_archs(parser, ",".join(ARCHS))
+    options.add_results(parser)
     args = parser.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False  # the float32 check is of float32
     torch.backends.cudnn.allow_tf32 = False
     rows, failed = [], []
-    for arch in args.archs.split(","):
+    for arch in args.archs:
         try:
             m = check(arch, args.device)
         except Exception as error:  # report and go on: one broken architecture must not hide the others

@@ -30,7 +30,8 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from blocks_step_time import add_compile_mode, shape_step  # noqa: E402
+import options  # noqa: E402
+from blocks_step_time import SHAPES, shape_step  # noqa: E402
 
 from sympformer.benchmarking import interleaved_times, median, write_section  # noqa: E402
 from sympformer.utils import markdown_table  # noqa: E402
@@ -146,16 +147,16 @@ def report(cases: list[str], wall: dict[str, float], work: dict[str, DeviceWork]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda")
-    parser.add_argument("--cases", default=CASES, help="shape:arch,…; the first of each shape is its reference")
-    parser.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
-    parser.add_argument("--rounds", type=int, default=3)
-    add_compile_mode(parser, "--compile-mode", "compile the models with this torch.compile mode first (default: eager)")
-    parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
+    options.add_device(parser, "cuda", cuda_only="gpu_profile.py profiles CUDA kernels (on CPU: profile_steps.py)")
+    options.add_cases(parser, SHAPES, CASES, "shape:arch,…; the first of each shape is its reference")
+    options.add_precision(parser, "bf16")
+    options.add_rounds(parser, 3)
+    options.add_compile_mode(
+        parser, "--compile-mode", "compile the models with this torch.compile mode first (default: eager)"
+    )
+    options.add_results(parser)
     args = parser.parse_args()
-    if not args.device.startswith("cuda") or not torch.cuda.is_available():
-        sys.exit("gpu_profile.py profiles CUDA kernels: it needs a CUDA device (on CPU: profile_steps.py)")
-    cases = args.cases.split(",")
+    cases = args.cases
     steps = {case: shape_step(*case.split(":"), args.device, args.precision, args.compile_mode) for case in cases}
     wall = {case: median(t) for case, t in interleaved_times(steps, args.rounds, 5, args.device, WARMUP).items()}
     work = {case: device_work(steps[case]) for case in cases}

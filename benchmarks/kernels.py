@@ -32,8 +32,8 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from pathlib import Path
 
+import options
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -117,8 +117,13 @@ def _chunk_by_softmax(logits, index, weights, h_chunk, head):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=9)
-    parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
+    parser.add_argument(
+        "--repeats",
+        type=options.positive_int,
+        default=9,
+        help="timed calls per variant and round (default: %(default)s)",
+    )
+    options.add_results(parser)
     args = parser.parse_args()
     apply_allocator_choice()  # as the sympformer command does (SYMPFORMER_CPU_ALLOCATOR)
     g = torch.Generator().manual_seed(0)

@@ -30,6 +30,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import options  # noqa: E402
 from blocks_step_time import SHAPES, with_benchmarks_on_path  # noqa: E402
 
 from sympformer.benchmarking import write_section  # noqa: E402
@@ -134,15 +135,14 @@ def measure(fields: dict, batch: int, arch: str, device: str) -> dict | None:
 
 
 def main() -> None:
-    import torch
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--shapes", default="primary,heavy,linear,v1")
-    parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
+    options.add_device(parser)
+    options.add_shapes(parser, SHAPES)
+    options.add_results(parser)
     args = parser.parse_args()
     sections, failed = [], []
-    for shape in args.shapes.split(","):
+    for shape in args.shapes:
         fields, batch, archs, _ = SHAPES[shape]
         checkpointed = {**fields, "activation_checkpointing": True}
         if args.device.startswith("cuda"):

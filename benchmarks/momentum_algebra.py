@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import options  # noqa: E402
 from blocks_step_time import SHAPES, shape_batch, train_step_fn  # noqa: E402
 
 import sympformer.nn.attention as attention_module  # noqa: E402
@@ -83,12 +84,12 @@ def run(shape: str, rounds: int) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shapes", default="primary,heavy,v1")
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
+    options.add_shapes(parser, SHAPES, "primary,heavy,v1")
+    options.add_rounds(parser, 7)
+    options.add_results(parser)
     args = parser.parse_args()
     apply_allocator_choice()  # as the sympformer command does (SYMPFORMER_CPU_ALLOCATOR)
-    body = "\n".join(run(shape, args.rounds) for shape in args.shapes.split(","))
+    body = "\n".join(run(shape, args.rounds) for shape in args.shapes)
     print(body)
     title = "The momentum blocks' algebra: fused, checkpointed, plain (cpu, fp32)"
     write_section(args.results, "momentum-algebra-cpu", title, body)

@@ -22,6 +22,7 @@ from pathlib import Path
 from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import options  # noqa: E402
 from blocks_step_time import SHAPES, shape_step  # noqa: E402
 
 from sympformer.benchmarking import section_rows, table_number, write_section  # noqa: E402
@@ -69,14 +70,14 @@ def gpu_times(results: Path, key: str, column: int = 1) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shapes", default="primary,heavy,linear,v1")
+    options.add_shapes(parser, SHAPES)
     parser.add_argument(
         "--gpu-section", default="blocks-{shape}-cuda-bf16", help="RESULTS.md section with GPU step times to set beside"
     )
-    parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
+    options.add_results(parser)
     args = parser.parse_args()
     bodies = []
-    for shape in args.shapes.split(","):
+    for shape in args.shapes:
         archs, base = SHAPES[shape][2], SHAPES[shape][2][0]
         gpu = gpu_times(Path(args.results), args.gpu_section.format(shape=shape))
         counts = {arch: operators_per_step(shape, arch) for arch in archs}

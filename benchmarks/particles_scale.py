@@ -13,7 +13,8 @@ import argparse
 import json
 import subprocess
 import sys
-from pathlib import Path
+
+import options
 
 from sympformer.benchmarking import write_section
 from sympformer.utils import markdown_table
@@ -56,19 +57,24 @@ def measure(n: int, d: int, path: str, device: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="1000,10000,100000")
-    parser.add_argument("--dim", type=int, default=16)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--sizes",
+        default="1000,10000,100000",
+        type=options.positive_ints,
+        help="particle counts N, comma-separated (default: %(default)s)",
+    )
+    parser.add_argument("--dim", type=options.positive_int, default=16, help="dimension d (default: %(default)s)")
+    options.add_device(parser, "cpu")
     parser.add_argument(
         "--dense-limit-gb",
         type=float,
         default=8.0,
         help="skip the dense reference when its N×N matrices need more (default: 8 GB)",
     )
-    parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
+    options.add_results(parser)
     args = parser.parse_args()
     rows = []
-    for n in (int(s) for s in args.sizes.split(",")):
+    for n in args.sizes:
         for path in ("fast", "dense"):
             dense_gb = 6 * n * n * 8 / 1e9  # ~6 N×N float64 matrices alive in the dense reference
             if path == "dense" and dense_gb > args.dense_limit_gb:

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import options  # noqa: E402
 from blocks_step_time import SHAPES, shape_batch, train_step_fn  # noqa: E402
 
 from sympformer.allocator import apply_allocator_choice  # noqa: E402
@@ -70,12 +71,14 @@ def render(times: list[dict[str, float]], archs: list[str], group: int = 5) -> s
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=40)
-    parser.add_argument("--archs", default="B,v1_fe", help="two or more; ratios are of the second to the first")
-    parser.add_argument("--shape", default="v1", choices=sorted(SHAPES))
-    parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
+    options.add_rounds(parser, 40)
+    options.add_archs(
+        parser, "B,v1_fe", "two or more, comma-separated; ratios are of the second to the first (default: %(default)s)"
+    )
+    parser.add_argument("--shape", default="v1", choices=sorted(SHAPES), help="(default: %(default)s)")
+    options.add_results(parser)
     args = parser.parse_args()
-    archs = args.archs.split(",")
+    archs = args.archs
     if len(archs) < 2:
         parser.error("--archs needs at least two architectures")
     apply_allocator_choice()

@@ -26,6 +26,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import options  # noqa: E402
 from blocks_step_time import SHAPES, shape_batch, shape_step  # noqa: E402
 
 from sympformer.allocator import apply_allocator_choice  # noqa: E402
@@ -244,13 +245,15 @@ SAVED = {"heavy": ["B", "H0", "H1", "R2"], "linear": ["B_L", "H0_L", "R2_L"], "v
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     default = sorted({case for pair in PROFILED for case in pair} | {"heavy:B"})
-    parser.add_argument("--cases", default=",".join(default))
-    parser.add_argument("--rows", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=5, help="rounds of the kernel-floor timing")
-    parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
+    options.add_cases(parser, SHAPES, ",".join(default), "shape:arch,… to profile")
+    parser.add_argument(
+        "--rows", type=options.positive_int, default=8, help="operators listed per profile (default: %(default)s)"
+    )
+    options.add_rounds(parser, 5, "rounds of the kernel-floor timing")
+    options.add_results(parser)
     args = parser.parse_args()
     apply_allocator_choice()  # as the sympformer command does (SYMPFORMER_CPU_ALLOCATOR)
-    tables = list(profile_cases(args.cases.split(","), args.rows).values())
+    tables = list(profile_cases(args.cases, args.rows).values())
     body = kernel_floors(args.rounds) + "\n" + "\n".join(tables)
     body += "".join("\n" + saved_activations(shape, archs) for shape, archs in SAVED.items())
     print(body)

@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+import options
 import torch
 
 HERE = Path(__file__).resolve().parent
@@ -30,7 +31,9 @@ HERE = Path(__file__).resolve().parent
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument(
+        "--device", default=None, type=options.device_name, help="cpu or cuda (default: cuda when available)"
+    )
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     device = ["--device", args.device] if args.device else []

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
 
+import options
 import torch
 
 from sympformer.allocator import tune_cpu_allocator  # noqa: E402
@@ -100,23 +100,23 @@ def run(shape: str, device: str, rounds: int, repeats: int, precision: str) -> s
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--shapes", default="primary,heavy")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    options.add_device(parser)
+    options.add_rounds(parser, 5)
+    options.add_repeats(parser, 2)
+    options.add_shapes(parser, SHAPES)
+    options.add_precision(parser)
     parser.add_argument(
         "--allocator",
         default="system",
         choices=["system", "tuned"],
         help="CPU: glibc's defaults (default), or tune_cpu_allocator() for both models",
     )
-    parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
+    options.add_results(parser)
     args = parser.parse_args()
     tuned = args.allocator == "tuned" and tune_cpu_allocator()
     import transformers
 
-    body = "\n".join(run(s, args.device, args.rounds, args.repeats, args.precision) for s in args.shapes.split(","))
+    body = "\n".join(run(s, args.device, args.rounds, args.repeats, args.precision) for s in args.shapes)
     device = args.device.split(":")[0]
     allocator = "" if device != "cpu" else (", tuned allocator" if tuned else ", glibc's default allocator")
     body = f"transformers {transformers.__version__}\n\n" + body

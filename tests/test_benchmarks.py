@@ -355,3 +355,66 @@ def test_benchmark_script_runs_to_its_section(tmp_path, args, key):
     run = subprocess.run(command, capture_output=True, text=True, cwd=root)
     assert run.returncode == 0, run.stderr[-2000:]
     assert section_rows(results, key), f"no table in section {key}"
+
+
+def test_list_options_parse_and_name_the_valid_values():
+    import argparse
+
+    import options
+
+    shapes = options.name_list(["primary", "heavy"], "shapes")
+    assert shapes(" heavy, primary ") == ["heavy", "primary"]
+    for bad, said in [("primary,nope", "unknown shapes nope; valid: primary, heavy"), (",", "no shapes given")]:
+        with pytest.raises(argparse.ArgumentTypeError, match=said):
+            shapes(bad)
+    cases = options.case_list(["heavy", "linear"])
+    assert cases("heavy:B,linear:R2_L") == ["heavy:B", "linear:R2_L"]
+    for bad, said in [("heavyB", "is not shape:arch"), ("v1:B", "unknown shapes v1"), ("heavy:Q", "architectures Q")]:
+        with pytest.raises(argparse.ArgumentTypeError, match=said):
+            cases(bad)
+    assert options.positive_ints("1000,10") == [1000, 10]
+    for bad in ("0", "x", "3,-1", ""):
+        with pytest.raises(argparse.ArgumentTypeError):
+            options.positive_ints(bad)
+    with pytest.raises(argparse.ArgumentTypeError, match="valid: cpu, cuda"):
+        options.device_name("tpu")
+
+
+# every script's list and number options, each given one bad value: argparse's usage error (exit status 2)
+# naming what is wrong, before anything is built or measured
+BAD_ARGUMENTS = [
+    ("allocator", ["--shapes", "nope"], "unknown shapes nope"),
+    ("blocks_step_time", ["--shapes", "primary,nope"], "unknown shapes nope"),
+    ("compile", ["--archs", "B,Q"], "unknown architectures Q"),
+    ("compiled_kernels", ["--cases", "heavy:Q"], "unknown architectures Q"),
+    ("gpu_check", ["--archs", "Q"], "unknown architectures Q"),
+    ("gpu_profile", ["--device", "cpu"], "profile_steps.py"),
+    ("kernels", ["--repeats", "0"], "0 is not at least 1"),
+    ("memory", ["--device", "tpu"], "unknown device 'tpu'"),
+    ("momentum_algebra", ["--rounds", "x"], "'x' is not a whole number"),
+    ("ops_per_step", ["--shapes", ""], "no shapes given"),
+    ("particles_scale", ["--sizes", "1000,0"], "0 is not at least 1"),
+    ("phases", ["--archs", "B,nope"], "unknown architectures nope"),
+    ("profile_steps", ["--cases", "heavyB"], "is not shape:arch"),
+    ("run_all", ["--device", "tpu"], "unknown device 'tpu'"),
+    ("vs_transformers", ["--shapes", "v1"], "unknown shapes v1; valid: primary, heavy"),
+]
+
+
+@pytest.mark.parametrize("script, arguments, said", BAD_ARGUMENTS, ids=[case[0] for case in BAD_ARGUMENTS])
+def test_benchmark_scripts_refuse_bad_options_before_running(script, arguments, said, monkeypatch, capsys, tmp_path):
+    import importlib
+
+    module = importlib.import_module(script)
+    results = tmp_path / "RESULTS.md"
+    monkeypatch.setattr(sys, "argv", [f"{script}.py", *arguments, "--results", str(results)])
+    with pytest.raises(SystemExit) as exit_info:
+        module.main()
+    assert exit_info.value.code == 2
+    assert said in capsys.readouterr().err
+    assert not results.exists()
+
+
+def test_every_benchmark_script_is_checked_for_bad_options():
+    scripts = {path.stem for path in (Path(__file__).resolve().parents[1] / "benchmarks").glob("*.py")}
+    assert scripts - {"options", "plot_results"} == {case[0] for case in BAD_ARGUMENTS}  # plot: argparse choices
