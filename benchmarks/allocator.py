@@ -104,12 +104,7 @@ def run(shape: str, pairs: int) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     options.add_shapes(parser, ARCHS)
-    parser.add_argument(
-        "--pairs",
-        type=options.positive_int,
-        default=3,
-        help="processes per setting, alternating (default: %(default)s)",
-    )
+    options.add_count(parser, "--pairs", 3, "processes per setting, alternating")
     options.add_results(parser)
     args = parser.parse_args()
     body = (

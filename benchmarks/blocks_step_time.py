@@ -106,11 +106,7 @@ def compile_section(shape: str, device: str, precision: str = "fp32", mode: str 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    options.add_device(parser)
-    options.add_rounds(parser, 5)
-    options.add_repeats(parser, 2)
-    options.add_shapes(parser, SHAPES)
-    options.add_precision(parser)
+    options.add_step_timing(parser, SHAPES, rounds=5, repeats=2)
     parser.add_argument(
         "--activation-checkpointing",
         action="store_true",

@@ -117,12 +117,7 @@ def _chunk_by_softmax(logits, index, weights, h_chunk, head):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--repeats",
-        type=options.positive_int,
-        default=9,
-        help="timed calls per variant and round (default: %(default)s)",
-    )
+    options.add_count(parser, "--repeats", 9, "timed calls per variant and round")
     options.add_results(parser)
     args = parser.parse_args()
     apply_allocator_choice()  # as the sympformer command does (SYMPFORMER_CPU_ALLOCATOR)

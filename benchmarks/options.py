@@ -112,17 +112,23 @@ def add_cases(parser: argparse.ArgumentParser, shapes: Iterable[str], default: s
     parser.add_argument("--cases", default=default, type=case_list(shapes), help=help + " (default: %(default)s)")
 
 
+def add_count(parser: argparse.ArgumentParser, flag: str, default: int, help: str) -> None:
+    """An option that takes a whole number ≥ 1."""
+    parser.add_argument(flag, type=positive_int, default=default, help=f"{help} (default: %(default)s)")
+
+
 def add_rounds(parser: argparse.ArgumentParser, default: int, help: str = "interleaved rounds") -> None:
-    parser.add_argument("--rounds", type=positive_int, default=default, help=f"{help} (default: %(default)s)")
+    add_count(parser, "--rounds", default, help)
 
 
-def add_repeats(parser: argparse.ArgumentParser, default: int) -> None:
-    parser.add_argument(
-        "--repeats",
-        type=positive_int,
-        default=default,
-        help="steps timed per contender and round (default: %(default)s)",
-    )
+def add_step_timing(parser: argparse.ArgumentParser, shapes: Iterable[str], rounds: int, repeats: int) -> None:
+    """What a script that times training steps at benchmark shapes takes: --device, --rounds, --repeats,
+    --shapes and --precision."""
+    add_device(parser)
+    add_rounds(parser, rounds)
+    add_count(parser, "--repeats", repeats, "steps timed per contender and round")
+    add_shapes(parser, shapes)
+    add_precision(parser)
 
 
 def add_precision(parser: argparse.ArgumentParser, default: str = "fp32") -> None:

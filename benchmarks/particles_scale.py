@@ -63,7 +63,7 @@ def main() -> None:
         type=options.positive_ints,
         help="particle counts N, comma-separated (default: %(default)s)",
     )
-    parser.add_argument("--dim", type=options.positive_int, default=16, help="dimension d (default: %(default)s)")
+    options.add_count(parser, "--dim", 16, "dimension d")
     options.add_device(parser, "cpu")
     parser.add_argument(
         "--dense-limit-gb",

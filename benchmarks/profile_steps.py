@@ -246,9 +246,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     default = sorted({case for pair in PROFILED for case in pair} | {"heavy:B"})
     options.add_cases(parser, SHAPES, ",".join(default), "shape:arch,… to profile")
-    parser.add_argument(
-        "--rows", type=options.positive_int, default=8, help="operators listed per profile (default: %(default)s)"
-    )
+    options.add_count(parser, "--rows", 8, "operators listed per profile")
     options.add_rounds(parser, 5, "rounds of the kernel-floor timing")
     options.add_results(parser)
     args = parser.parse_args()

@@ -100,11 +100,7 @@ def run(shape: str, device: str, rounds: int, repeats: int, precision: str) -> s
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    options.add_device(parser)
-    options.add_rounds(parser, 5)
-    options.add_repeats(parser, 2)
-    options.add_shapes(parser, SHAPES)
-    options.add_precision(parser)
+    options.add_step_timing(parser, SHAPES, rounds=5, repeats=2)
     parser.add_argument(
         "--allocator",
         default="system",
