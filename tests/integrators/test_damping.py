@@ -51,6 +51,31 @@ def test_learned_coefficients_and_step_keep_gradients(f64):
     assert h.grad.item() == pytest.approx(-3.0 / 1.5 * factor.item())
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_damp_keeps_the_damped_momentum_only(dtype):
+    """damp(p, Δη) = e^{−Δη} p bitwise; its gradients are the plain product's (to rounding); for the backward
+    pass it keeps the damped momentum (and the 0-d factor), never the incoming p."""
+    from sympformer.benchmarking import saved_storages
+    from sympformer.integrators.damping import damp
+
+    g = torch.Generator().manual_seed(0)
+    p = torch.randn(3, 5, 4, generator=g, dtype=dtype, requires_grad=True)
+    delta = torch.tensor(0.37, dtype=dtype, requires_grad=True)
+    weight = torch.randn(3, 5, 4, generator=g, dtype=dtype)
+    damped = damp(p, delta)
+    assert torch.equal(damped, torch.exp(-delta) * p)
+    grads = torch.autograd.grad((damped * weight).sum(), (p, delta))
+    plain = torch.autograd.grad((torch.exp(-delta) * p * weight).sum(), (p, delta))
+    tolerance = dict(rtol=1e-12, atol=0) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-6)
+    for ours, reference in zip(grads, plain, strict=True):
+        torch.testing.assert_close(ours, reference, **tolerance)
+    kept = saved_storages(lambda: damp(p, delta))
+    assert p.untyped_storage().data_ptr() not in kept
+    assert sorted(kept.values()) == [delta.element_size(), p.numel() * p.element_size()]
+    with torch.no_grad():  # and without a gradient to Δη it is the plain product
+        assert torch.equal(damp(p, delta), torch.exp(-delta) * p)
+
+
 def test_phi1_is_smooth_through_zero(f64):
     a = torch.tensor([-1e-3, -1e-6, 0.0, 1e-6, 1e-3, 2.0])
     exact = torch.tensor([-math.expm1(-v) / v if v != 0 else 1.0 for v in a.tolist()])

@@ -109,6 +109,39 @@ class Damping:
 NO_DAMPING = Damping(mode="none")
 
 
+class _Damp(torch.autograd.Function):
+    """y = e^{−Δη} p keeping y (and the factor), not p: ∂p = e^{−Δη} ∂y, ∂Δη = −⟨∂y, y⟩."""
+
+    @staticmethod
+    def forward(ctx, p, delta_eta):
+        factor = torch.exp(-delta_eta)
+        damped = factor * p
+        ctx.save_for_backward(factor, damped)
+        return damped
+
+    @staticmethod
+    def backward(ctx, grad):
+        factor, damped = ctx.saved_tensors
+        if factor.dim() == 0:  # one dot product, no (…, C) temporary
+            grad_delta = -torch.dot(grad.flatten(), damped.flatten())
+        else:
+            grad_delta = -(grad * damped).sum_to_size(factor.shape)
+        return grad * factor, grad_delta.to(factor.dtype)
+
+
+def damp(p: Tensor, delta_eta: Tensor) -> Tensor:
+    """e^{−Δη} p: the momentum after the pure damping flow over an interval with friction integral Δη.
+
+    Where Δη carries a gradient (learned damping), autograd keeps the damped momentum for the backward
+    pass, not p (∂Δη = −⟨∂y, y⟩ needs no more): the oracle that reads the damped momentum next keeps it
+    anyway, so the damping keeps nothing of its own (the half-damped schemes' first half step). The
+    same value as ``exp(−Δη) * p``, which it is under torch.compile and without gradients."""
+    needs_grad = torch.is_grad_enabled() and isinstance(delta_eta, Tensor) and delta_eta.requires_grad
+    if not needs_grad or torch.compiler.is_compiling():
+        return torch.exp(-delta_eta) * p
+    return _Damp.apply(p, delta_eta)
+
+
 def phi1(a: Tensor) -> Tensor:
     """φ₁(a) = (1 − e^{−a}) / a, with its series 1 − a/2 + a²/6 near a = 0 (no 0/0)."""
     small = a.abs() < 1e-4

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from sympformer.integrators.damping import NO_DAMPING, Damping, phi1
+from sympformer.integrators.damping import NO_DAMPING, Damping, damp, phi1
 from sympformer.integrators.oracle import Oracle
 
 
@@ -198,9 +198,15 @@ class ConformalStrang(Scheme):
         self.name = "half_damped_euler" if isinstance(inner, KickDrift) else f"strang_{inner.name}"
 
     def step(self, oracle, x, p, t, h, damping, memory=None):
-        p = damping.factor(t, h / 2) * p
+        inner, last_factor = self.step_parts(oracle, x, p, t, h, damping)
+        return Step(inner.x, last_factor * inner.p)
+
+    def step_parts(self, oracle, x, p, t, h, damping) -> tuple[Step, Tensor]:
+        """(the step up to its last half-damping, that factor exp(−(η(t + h) − η(t + h/2)))): a caller that
+        normalises the momentum next can fold the factor into the normalisation (the v1 blocks' LN_P)."""
+        p = damp(p, damping.delta_eta(t, h / 2))  # keeps the damped momentum, which the oracle keeps anyway
         x, p, _ = self.inner.step(oracle, x, p, t, h, NO_DAMPING)
-        return Step(x, damping.factor(t + h / 2, h / 2) * p)
+        return Step(x, p), damping.factor(t + h / 2, h / 2)
 
 
 class AB2Memory(NamedTuple):
