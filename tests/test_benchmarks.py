@@ -324,6 +324,44 @@ def test_gpu_script_parses_and_names_existing_scripts():
     assert [line.split(" (")[0] for line in only.stdout.splitlines() if " s): " in line] == ["train"]
 
 
+def test_gpu_script_arguments_parse(monkeypatch):
+    """Every benchmark command of benchmarks/gpu.sh (all steps) gets past its script's argument parser as
+    it would on a CUDA machine: a refused option costs a lent GPU's minutes and shows only there."""
+    import argparse
+    import importlib
+    import shlex
+    import subprocess
+
+    import options
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "DRY": "1", "ALL": "1", "PY": sys.executable}
+    env.pop("ONLY", None)
+    dry = subprocess.run(
+        ["bash", str(root / "benchmarks" / "gpu.sh")], capture_output=True, text=True, env=env, cwd=root
+    )
+    commands = [shlex.split(line.split(" s): ", 1)[1]) for line in dry.stdout.splitlines() if " s): " in line]
+    commands = [command for command in commands if command[1].endswith(".py")]  # not the training runs
+    assert len(commands) >= 10, dry.stdout
+
+    class Parsed(Exception):
+        pass
+
+    parse = argparse.ArgumentParser.parse_args
+
+    def parse_then_stop(self, *args, **kwargs):
+        raise Parsed(parse(self, *args, **kwargs))
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+    monkeypatch.setattr(options.torch.cuda, "is_available", lambda: True)  # as on the GPU machine
+    for command in commands:
+        script = Path(command[1]).stem
+        monkeypatch.setattr(sys, "argv", command[1:])
+        with pytest.raises(Parsed) as parsed:
+            importlib.import_module(script).main()
+        assert str(parsed.value.args[0].device).startswith("cuda"), command
+
+
 # (script and its cheapest arguments, the section it writes): each run once into a scratch RESULTS.md.
 # kernels.py and momentum_algebra.py swap package internals in and out to compare variants (a change of
 # their signatures broke kernels.py once without any test noticing: rows_per_chunk's budget), so they run
