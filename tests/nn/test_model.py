@@ -144,6 +144,59 @@ def test_second_pass_connection_equals_reference(attention):
     torch.testing.assert_close(c, c_ref, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("large", [False, True])
+def test_connection_value_groups_one_call_or_one_each(attention, monkeypatch, large):
+    """Above the size threshold the connection's value groups take one kernel call each, below it one
+    joined call; either way F and C equal the per-row reference, gradients included (float64)."""
+    import sympformer.nn.recompute as recompute_module
+
+    if large:
+        monkeypatch.setattr(recompute_module, "MIN_ELEMENTS", 0)
+    attn, z, u = attention
+    attn.reset_counters()
+    f, c = attn.with_connection(z, u)
+    assert attn.kernel_calls == (4 if large else 1) and attn.evaluations == 1
+    f_ref, c_ref = connection_reference(attn, z, u)
+    torch.testing.assert_close(f, f_ref, rtol=0, atol=1e-12)
+    torch.testing.assert_close(c, c_ref, rtol=0, atol=1e-12)
+    weights = torch.randn_like(c)
+    grads = torch.autograd.grad((c * weights).sum(), (z, u, attn.c_attn.weight))
+    grads_ref = torch.autograd.grad((c_ref * weights).sum(), (z, u, attn.c_attn.weight))
+    for g, g_ref in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(g, g_ref, rtol=0, atol=1e-10)
+    attn.reset_counters()
+    attn.then_connection(z, lambda out: 0.7 * u + 1.3 * out)
+    assert attn.kernel_calls == (4 if large else 2) and attn.evaluations == 1
+
+
+def test_one_call_per_value_group_holds_no_padded_copies(monkeypatch):
+    """The joined call pads q and k to the four groups' width, and its backward pass holds the padded
+    copies and gradients; one call per group pads nothing: its forward and backward peak is far lower."""
+    from torch.profiler import ProfilerActivity, profile
+
+    import sympformer.nn.recompute as recompute_module
+
+    torch.manual_seed(0)
+    attn = CausalSelfAttention(n_embd=64, n_head=2, bias=False, dropout=0.0)
+    z, u = torch.randn(2, 256, 64, requires_grad=True), torch.randn(2, 256, 64, requires_grad=True)
+
+    def peak_bytes(threshold):
+        monkeypatch.setattr(recompute_module, "MIN_ELEMENTS", threshold)
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            f, c = attn.with_connection(z, u)
+            (f.square().sum() + c.square().sum()).backward()
+        events = sorted(
+            (e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"
+        )
+        now = top = 0
+        for _, nbytes in events:
+            now += nbytes
+            top = max(top, now)
+        return top
+
+    assert peak_bytes(0) < 0.7 * peak_bytes(1 << 40)  # 3.2 against 6.2 MB here
+
+
 def test_fused_connection_gradcheck():
     torch.manual_seed(1)
     attn = CausalSelfAttention(n_embd=4, n_head=2, bias=True, dropout=0.0).double()

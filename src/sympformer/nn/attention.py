@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sympformer.nn import recompute
 from sympformer.nn.norm_sum import Affine
 from sympformer.nn.recompute import recomputed
 from sympformer.softmax_ops import (
@@ -44,6 +45,22 @@ def _pieces(out: Tensor, widths: list[int]) -> list[Tensor]:
     """The averages of each value group: one group is the output itself (a split would copy it in the
     backward pass)."""
     return [out] if len(widths) == 1 else list(out.split(widths, dim=-1))
+
+
+def _per_group(q: Tensor, widths: list[int], dropout: float) -> bool:
+    """Whether the softmax averages of several value groups take one kernel call per group instead of
+    one on their concatenation: where the groups are as wide as q (no padding either way), without
+    dropout (one call, one dropout mask) and with large activations (:data:`recompute.MIN_ELEMENTS` in q).
+
+    The kernels want q, k and the values of one width, so the joined call pads q and k to the values'
+    total width: the same arithmetic as one call per group (Σ_g (q·k over d + P v over d) against
+    q·k over Σ_g d + P v over Σ_g d), but the padded q, k, their gradients and the padded output
+    gradient live through the kernel's backward pass. At the attention-heavy shape (the connection's
+    four groups of 64) that held 74 MiB against 22 MiB per call on the CPU, forward and backward, for
+    140–158 against 151–165 ms (one-off). Small activations keep the one call, whose per-call overhead
+    shows there (H1's primary shape: 4.2–6.0 against 6.2–6.8 ms a layer, one-off)."""
+    many_as_wide = len(widths) > 1 and all(width == q.shape[-1] for width in widths)
+    return many_as_wide and dropout == 0 and q.numel() >= recompute.MIN_ELEMENTS
 
 
 class CallCounter:
@@ -144,14 +161,18 @@ class CausalSelfAttention(AttentionBase):
     def aggregate(
         self, q: Tensor, k: Tensor, values: list[Tensor], new_softmax: bool = True, slot: str = "values"
     ) -> list[Tensor]:
-        """Σ_j P_ij v_j for every v in ``values`` from ONE SDPA call on their concatenation (``slot``
-        names the value group in the generation cache)."""
+        """Σ_j P_ij v_j for every v in ``values``: one SDPA call on their concatenation, or one call per
+        value group where that pays (:func:`_per_group`); ``slot`` names the group in the generation cache."""
         widths = [v.shape[-1] for v in values]
         if self.cache is not None:
             return self._aggregate_cached(q, k, torch.cat(values, -1), widths, new_softmax, slot)
         dropout = self.dropout if self.training else 0.0
+        self.count(evaluations=int(new_softmax))
+        if _per_group(q, widths, dropout):
+            self.count(kernel_calls=len(values))
+            return [softmax_average_of(q, k, [v], scale=self.scale, causal=True) for v in values]
+        self.count(kernel_calls=1)
         out = softmax_average_of(q, k, values, scale=self.scale, causal=True, dropout_p=dropout)
-        self.count(evaluations=int(new_softmax), kernel_calls=1)
         return _pieces(out, widths)
 
     def _cached_mask(self, n_new: int) -> Tensor | None:
