@@ -13,6 +13,8 @@ Per head r, with q, k, w = W_Q z, W_K z, W_V z and P_r = causal softmax(q_r k_r�
 Every Σ_j P_ij (·)_j is the same softmax applied to other values, so when u is known before the
 attention (H1) one SDPA call on the concatenated values [w, k, dk, s·w] gives F and C together; when
 u depends on F (R2: u = W = β v + g F) a second call on [dk, s·w] re-aggregates with the same softmax.
+With large activations each value group takes a call of its own instead (:func:`_per_group`: the same
+products, none of the joined call's padded copies of q and k).
 :func:`connection_reference` is the per-row loop that materialises P (tests only).
 
 Generation cache: while ``self.cache`` is a dict, the keys and every value group ("slot") of the
@@ -258,8 +260,8 @@ class CausalSelfAttention(AttentionBase):
         return recomputed(connection, q, k_avg, dk_avg, y, sw_avg, u)
 
     def with_connection(self, z: Tensor, u: Tensor, deferred: bool = False) -> tuple[Tensor | Affine, Tensor]:
-        """(F, C(z; u)) for a direction u known before the attention: ONE SDPA call (``deferred``: F as an
-        Affine term, see :meth:`output`)."""
+        """(F, C(z; u)) for a direction u known before the attention: one attention evaluation, one SDPA call
+        (one per value group with large activations; ``deferred``: F as an Affine term, see :meth:`output`)."""
         q, k, w = self.project(z)
         dk = self.direction(u, "k")
         s = u.square().sum(-1)[:, None, :, None]
