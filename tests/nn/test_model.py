@@ -290,6 +290,15 @@ def reference_layer_norm_of_sum(norm, *terms):
     return norm(sum(c * (t.value() if isinstance(t, Affine) else t) for c, t in terms))
 
 
+def assert_matches_plain(ours, plain):
+    """(logits, {name: gradient}) equal to the plain graph's to float64 rounding."""
+    (logits, grads), (plain_logits, plain_grads) = ours, plain
+    torch.testing.assert_close(logits, plain_logits, rtol=0, atol=1e-13)
+    assert grads.keys() == plain_grads.keys()
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(grads[name], grad, rtol=1e-9, atol=1e-12, msg=name)
+
+
 @pytest.mark.parametrize("arch", ["Y", "H0", "H1", "R2", "H1_LA", "R2_LA", "H1_L", "R2_L", "v1_pe"])
 def test_rebuilt_algebra_matches_the_plain_graph_and_saves_memory(monkeypatch, arch):
     """The LayerNorms of weighted sums (sums rebuilt in the backward pass) and the connection algebra
@@ -307,11 +316,7 @@ def test_rebuilt_algebra_matches_the_plain_graph_and_saves_memory(monkeypatch, a
     monkeypatch.setattr(attention_module, "recomputed", lambda fn, *inputs: fn(*inputs))
     for module in (blocks_module, v1_blocks_module):
         monkeypatch.setattr(module, "layer_norm_of_sum", reference_layer_norm_of_sum)
-    plain_logits, plain_grads = outputs_and_grads(tiny_model(arch), idx)
-    torch.testing.assert_close(logits, plain_logits, rtol=0, atol=1e-13)
-    assert grads.keys() == plain_grads.keys()
-    for name, grad in plain_grads.items():
-        torch.testing.assert_close(grads[name], grad, rtol=1e-9, atol=1e-12, msg=name)
+    assert_matches_plain((logits, grads), outputs_and_grads(tiny_model(arch), idx))
     stream = idx.numel() * TINY["n_embd"] * 8  # one (B, T, C) float64 tensor
     per_layer = 1 if arch.startswith("v1") else 2  # v1: LN_M's input x⁺ is kept instead of x⁺ + μ v
     scalars = 8 * 8 * TINY["n_layer"]  # a few 0-d coefficients kept instead (the merged 1 + μ₂, …)
@@ -335,11 +340,7 @@ def test_half_damping_keeps_no_momentum_of_its_own(monkeypatch, arch):
     assert abs(folded - saved_bytes(tiny_model(arch.replace("halfdamp_", "")), idx)) < stream
     monkeypatch.setattr(schemes_module, "damp", lambda p, delta_eta: torch.exp(-delta_eta) * p)
     monkeypatch.setattr(v1_blocks_module, "layer_norm_of_sum", reference_layer_norm_of_sum)
-    plain_logits, plain_grads = outputs_and_grads(tiny_model(arch), idx)
-    torch.testing.assert_close(logits, plain_logits, rtol=0, atol=1e-13)
-    assert grads.keys() == plain_grads.keys()
-    for name, grad in plain_grads.items():
-        torch.testing.assert_close(grads[name], grad, rtol=1e-9, atol=1e-12, msg=name)
+    assert_matches_plain((logits, grads), outputs_and_grads(tiny_model(arch), idx))
     assert saved_bytes(tiny_model(arch), idx) - folded >= 2 * stream * (TINY["n_layer"] - 1)
 
 
