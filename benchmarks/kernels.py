@@ -9,6 +9,8 @@ variant of one question timed in the same process):
 - the ridge backward's suffix pass over four key/value pairs: the pairs as heads (the previous
   choice) against the pairs side by side at each position, by chunk length; prefix-linear attention
   with r = 16 features and 4 heads (the attention itself, the `linear_chunk` setting) by chunk length;
+- the connection's four value groups at the heavy shape: one flash call with q and k padded to their
+  width, two calls of two, or one call per group (`attention._per_group`), time and allocator peak;
 - the CPU flash kernel: B's 4 heads × 32, one 128-wide head (the v1 oracle's flash path, which on
   CPU now serves only bfloat16 and autocast) and 129 wide with one more key and query (the v1
   sentinel pass); the gradient of its log-normaliser through one more column or folded into the
@@ -40,7 +42,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from sympformer import softmax_ops
 from sympformer.allocator import apply_allocator_choice
-from sympformer.benchmarking import interleaved_times, median, write_section
+from sympformer.benchmarking import interleaved_times, median, peak_allocated, write_section
 from sympformer.nn import loss as loss_module
 from sympformer.nn import prefix_force_kernel
 from sympformer.nn.linear_attention import (
@@ -51,7 +53,7 @@ from sympformer.nn.linear_attention import (
     prefix_linear,
     swap_systems,
 )
-from sympformer.softmax_ops import softmax_average, softmax_average_with_normaliser
+from sympformer.softmax_ops import softmax_average, softmax_average_of, softmax_average_with_normaliser
 from sympformer.utils import markdown_table
 
 B, H, T, R = 4, 4, 512, 16  # the linear shape's batch, heads, context and head width
@@ -222,6 +224,26 @@ def main() -> None:
             label = "… the same through SDPA's math backend (the T × T matrix materialised)"
             with sdpa_kernel(SDPBackend.MATH):
                 rows.append([label, milliseconds(backward(attention, *x), args.repeats)])
+
+    # the connection's four value groups [w, k, dk, s·w] at the heavy shape (4 heads × 64): one call with q
+    # and k padded to 256, two calls of two groups (padded to 128), or one call per group (no padding)
+    q, k, *groups = (torch.randn(2, 4, 1024, 64, generator=g, requires_grad=True) for _ in range(6))
+    splits = {
+        "one call, q and k padded to 4 × 64": [groups],
+        "two calls of two groups, padded to 2 × 64": [groups[:2], groups[2:]],
+        "one call per group, no padding (used at this size)": [[v] for v in groups],
+    }
+
+    def averages(calls):
+        outs = [softmax_average_of(q, k, call, scale=64**-0.5, causal=True) for call in calls]
+        return lambda: sum(out.square().sum() for out in outs).backward()
+
+    steps = {name: lambda calls=calls: averages(calls)() for name, calls in splits.items()}
+    times = interleaved_times(steps, rounds=args.repeats, repeats=1)
+    for n, (name, step) in enumerate(steps.items()):
+        label = "connection value groups, 2 × 4 heads × 1024 × 4 × 64, forward + backward: " if n == 0 else "… "
+        peak = peak_allocated(step) / 2**20
+        rows.append([f"{label}{name}; peak {peak:.1f} MiB", 1e3 * median(times[name])])
 
     # the v1 oracle at the v1 shape: one head of width 128, score scale 1 / (4 √32)
     scale = 1 / (4 * 32**0.5)

@@ -38,10 +38,9 @@ from sympformer.utils import markdown_table
 
 CHILD = r"""
 import json, resource, sys, torch
-from torch.profiler import ProfilerActivity, profile
 from blocks_step_time import train_step_fn
 from sympformer.allocator import apply_allocator_choice
-from sympformer.benchmarking import training_optimizer
+from sympformer.benchmarking import peak_allocated, training_optimizer
 from sympformer.nn import SympFormerConfig, SympFormerLM
 apply_allocator_choice()
 fields, batch, arch, device = json.loads(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
@@ -51,15 +50,9 @@ idx = torch.randint(0, fields["vocab_size"], (batch, fields["block_size"]), devi
 rss_base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 step = train_step_fn(model, idx, optimizer, "fp32")
 # both steps under the profiler, so that every block freed in the measured step was allocated where the
-# profiler saw it (it drops the frees of older blocks: the warm-up's gradients, which zero_grad frees)
-with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-    step()  # warm-up: the optimiser state comes to exist
-    step()
-events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
-now = top = 0
-for _, nbytes in events:
-    now += nbytes
-    top = max(top, now)
+# profiler saw it (it drops the frees of older blocks: the warm-up's gradients, which zero_grad frees);
+# the warm-up makes the optimiser state
+top = peak_allocated(lambda: (step(), step()))
 allocated = sum(p.untyped_storage().nbytes() for p in model.parameters()) + top
 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_base
 print(json.dumps({"allocated_mb": allocated / 2**20, "rss_mb": rss / 2**20}))

@@ -60,6 +60,21 @@ def interleaved_times(
     return times
 
 
+def peak_allocated(fn: Callable[[], object]) -> int:
+    """The most bytes the CPU allocator held at once while ``fn()`` ran, above what was held when it
+    started (from the profiler's memory events: every allocation and free inside, in time order)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
+    now = top = 0
+    for _, nbytes in events:
+        now += nbytes
+        top = max(top, now)
+    return top
+
+
 def training_optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
     """The trainer's optimiser (AdamW over its three groups, fused where the device has the kernel) at a
     benchmark learning rate, so that a benchmarked step is the step `sympformer train` takes."""

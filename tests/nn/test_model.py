@@ -172,9 +172,8 @@ def test_connection_value_groups_one_call_or_one_each(attention, monkeypatch, la
 def test_one_call_per_value_group_holds_no_padded_copies(monkeypatch):
     """The joined call pads q and k to the four groups' width, and its backward pass holds the padded
     copies and gradients; one call per group pads nothing: its forward and backward peak is far lower."""
-    from torch.profiler import ProfilerActivity, profile
-
     import sympformer.nn.recompute as recompute_module
+    from sympformer.benchmarking import peak_allocated
 
     torch.manual_seed(0)
     attn = CausalSelfAttention(n_embd=64, n_head=2, bias=False, dropout=0.0)
@@ -182,17 +181,12 @@ def test_one_call_per_value_group_holds_no_padded_copies(monkeypatch):
 
     def peak_bytes(threshold):
         monkeypatch.setattr(recompute_module, "MIN_ELEMENTS", threshold)
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+
+        def step():
             f, c = attn.with_connection(z, u)
             (f.square().sum() + c.square().sum()).backward()
-        events = sorted(
-            (e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"
-        )
-        now = top = 0
-        for _, nbytes in events:
-            now += nbytes
-            top = max(top, now)
-        return top
+
+        return peak_allocated(step)
 
     assert peak_bytes(0) < 0.7 * peak_bytes(1 << 40)  # 3.2 against 6.2 MB here
 

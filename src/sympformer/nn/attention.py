@@ -58,9 +58,11 @@ def _per_group(q: Tensor, widths: list[int], dropout: float) -> bool:
     total width: the same arithmetic as one call per group (Σ_g (q·k over d + P v over d) against
     q·k over Σ_g d + P v over Σ_g d), but the padded q, k, their gradients and the padded output
     gradient live through the kernel's backward pass. At the attention-heavy shape (the connection's
-    four groups of 64) that held 74 MiB against 22 MiB per call on the CPU, forward and backward, for
-    140–158 against 151–165 ms (one-off). Small activations keep the one call, whose per-call overhead
-    shows there (H1's primary shape: 4.2–6.0 against 6.2–6.8 ms a layer, one-off)."""
+    four groups of 64, forward and backward on the CPU) the joined call peaked at 74 MiB in 140 ms, two
+    calls of two groups at 50 MiB in 142 ms, one call per group at 28 MiB in 160 ms: each call runs its own
+    softmax pass (benchmarks/kernels.py). The memory is the DESIGN target at stake (H1 1.63 → 1.38× B at
+    that shape), the time is not (H1 2.16 → 2.32× H0 there). Small activations keep the one call, whose
+    per-call overhead shows there (H1's primary shape: 4.2–6.0 against 6.2–6.8 ms a layer, one-off)."""
     many_as_wide = len(widths) > 1 and all(width == q.shape[-1] for width in widths)
     return many_as_wide and dropout == 0 and q.numel() >= recompute.MIN_ELEMENTS
 
