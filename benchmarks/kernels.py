@@ -234,11 +234,11 @@ def main() -> None:
         "one call per group, no padding (used at this size)": [[v] for v in groups],
     }
 
-    def averages(calls):
+    def averages(calls):  # forward and backward
         outs = [softmax_average_of(q, k, call, scale=64**-0.5, causal=True) for call in calls]
-        return lambda: sum(out.square().sum() for out in outs).backward()
+        sum(out.square().sum() for out in outs).backward()
 
-    steps = {name: lambda calls=calls: averages(calls)() for name, calls in splits.items()}
+    steps = {name: lambda calls=calls: averages(calls) for name, calls in splits.items()}
     times = interleaved_times(steps, rounds=args.repeats, repeats=1)
     for n, (name, step) in enumerate(steps.items()):
         label = "connection value groups, 2 × 4 heads × 1024 × 4 × 64, forward + backward: " if n == 0 else "… "
