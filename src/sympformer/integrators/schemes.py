@@ -39,6 +39,19 @@ class Scheme:
     def step(self, oracle: Oracle, x: Tensor, p: Tensor, t, h, damping: Damping, memory=None) -> Step:
         raise NotImplementedError
 
+    def step_parts(self, oracle: Oracle, x, p, t, h, damping: Damping, memory=None) -> tuple[Step, Tensor | None]:
+        """(the step up to a last factor on its momentum, that factor; None for a scheme that ends with
+        none): ``step`` is the first with its momentum times the factor. A caller that normalises the
+        momentum next can fold the factor into the normalisation (the v1 blocks' LN_P) and keep no scaled
+        copy of it."""
+        return self.step(oracle, x, p, t, h, damping, memory), None
+
+
+def _scaled(parts: tuple[Step, Tensor | None]) -> Step:
+    """A step from :meth:`Scheme.step_parts`: its momentum times the last factor."""
+    before, factor = parts
+    return before if factor is None else Step(before.x, factor * before.p, before.memory)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(order={self.order}, calls_per_step={self.calls_per_step})"
 
@@ -128,6 +141,11 @@ class Doubling(Scheme):
         self.xi = xi
 
     def step(self, oracle, x, p, t, h, damping, memory=None):
+        return _scaled(self.step_parts(oracle, x, p, t, h, damping))
+
+    def step_parts(self, oracle, x, p, t, h, damping, memory=None):
+        """(the step with P⁺ = Π, the factor e^{−(η(t+h) − η(t))}): see :meth:`Scheme.step_parts`."""
+
         def field(tau, positions, pi):
             scale = torch.exp(damping.delta_eta(t, tau - t))  # e^{η(τ) − η(t)}
             ev = oracle(positions, pi / scale)
@@ -158,7 +176,7 @@ class Doubling(Scheme):
         for substep in (phi_a, phi_b, phi_c, phi_b, phi_a):
             state = substep(*state)
         X, Pi = state[0], state[1]
-        return Step(X, damping.factor(t, h) * Pi)
+        return Step(X, Pi), damping.factor(t, h)
 
 
 def _doubling_rotation(theta, like: Tensor) -> Tensor:
@@ -198,15 +216,15 @@ class ConformalStrang(Scheme):
         self.name = "half_damped_euler" if isinstance(inner, KickDrift) else f"strang_{inner.name}"
 
     def step(self, oracle, x, p, t, h, damping, memory=None):
-        inner, last_factor = self.step_parts(oracle, x, p, t, h, damping)
-        return Step(inner.x, last_factor * inner.p)
+        return _scaled(self.step_parts(oracle, x, p, t, h, damping))
 
-    def step_parts(self, oracle, x, p, t, h, damping) -> tuple[Step, Tensor]:
-        """(the step up to its last half-damping, that factor exp(−(η(t + h) − η(t + h/2)))): a caller that
-        normalises the momentum next can fold the factor into the normalisation (the v1 blocks' LN_P)."""
+    def step_parts(self, oracle, x, p, t, h, damping, memory=None):
+        """(the step up to its last half-damping, that factor exp(−(η(t + h) − η(t + h/2))) times the inner
+        step's own last factor): see :meth:`Scheme.step_parts`."""
         p = damp(p, damping.delta_eta(t, h / 2))  # keeps the damped momentum, which the oracle keeps anyway
-        x, p, _ = self.inner.step(oracle, x, p, t, h, NO_DAMPING)
-        return Step(x, p), damping.factor(t + h / 2, h / 2)
+        (x, p, _), inner_factor = self.inner.step_parts(oracle, x, p, t, h, NO_DAMPING)
+        last_factor = damping.factor(t + h / 2, h / 2)
+        return Step(x, p), last_factor if inner_factor is None else inner_factor * last_factor
 
 
 class AB2Memory(NamedTuple):

@@ -178,17 +178,17 @@ class V1Block(nn.Module):
     def forward(self, x: Tensor, state: V1State) -> tuple[Tensor, V1State]:
         h_x, h_p = self.h_x(), self.h_p()
         oracle = self.oracle(h_x / h_p)
-        if self.ln_p is not None and isinstance(self.scheme, ConformalStrang):
-            # LN_P(σ P): the last half-damping σ folded into the norm, which keeps P (the drift keeps it
-            # anyway) and not a damped copy
-            (x_new, p_new, memory), last_factor = self.scheme.step_parts(
-                oracle, x, state.p, state.t, h_p, self.damping()
-            )
+        (x_new, p_new, memory), last_factor = self.scheme.step_parts(
+            oracle, x, state.p, state.t, h_p, self.damping(), state.memory
+        )
+        if self.ln_p is not None and last_factor is not None:
+            # LN_P(σ P): the scheme's last factor on the momentum folded into the norm, which keeps P (kept
+            # by the drift or the last oracle step anyway), not a scaled copy
             p_new = layer_norm_of_sum(self.ln_p, (last_factor, p_new))
-        else:
-            x_new, p_new, memory = self.scheme.step(oracle, x, state.p, state.t, h_p, self.damping(), state.memory)
-            if self.ln_p is not None:
-                p_new = self.ln_p(p_new)  # (autocast runs layer_norm in fp32)
+        elif self.ln_p is not None:
+            p_new = self.ln_p(p_new)  # (autocast runs layer_norm in fp32)
+        elif last_factor is not None:
+            p_new = last_factor * p_new
         if isinstance(self.attn, PrefixLinearForce):
             self.attn.commit(x.shape[1])
         x_out, mlp_v = self.mlp_substep(x, x_new, h_x, state.mlp_v)
