@@ -56,8 +56,9 @@ def prefix_linear(
 
     Under autograd the chunk scores are not kept for the backward pass but recomputed there
     (:class:`_PrefixLinear`): they are chunk/r times the size of q (8× for the attention's 128-long
-    chunks), so a linear layer keeps only q, k, v and the chunk states. Under torch.compile the plain
-    form is traced and the compiler decides what to keep."""
+    chunks). Nor are the states the chunks read, (n, r, r) per head: as large as q where the chunk is as
+    long as r is wide (the v1 linear oracle's single 128-wide head). A layer keeps only q, k, v. Under
+    torch.compile the plain form is traced and the compiler decides what to keep."""
     if reverse and state is not None:
         raise ValueError("a reverse (suffix) pass takes no state")
     needs_grad = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (q, k, v, state))
@@ -108,23 +109,29 @@ def _prefix_linear_terms(q, k, v, chunk, state, reverse, group=1):
     chunk = min(chunk, t)  # a short input (a generated token) is one chunk, not padded to a long one
     qc, kc, vc = _chunked(q, chunk), _chunked(k, chunk * group), _chunked(v, chunk * group)
     intra = _masked_scores(qc, kc, reverse, group) @ vc
+    others, total = _states_read(kc, vc, state, reverse)
+    return _unchunked(intra + qc @ others, t), total, others
+
+
+def _states_read(kc: Tensor, vc: Tensor, state: Tensor | None, reverse: bool) -> tuple[Tensor, Tensor]:
+    """(the state Σ k_j v_jᵀ each chunk's queries read, over the chunks before it (after it when
+    ``reverse``) plus ``state``; the total state), from the chunked keys and values."""
     chunk_states = kc.mT @ vc
     through = torch.cumsum(chunk_states, dim=2)  # the state through each chunk
     if reverse:
         total = through[:, :, -1]
-        others = total.unsqueeze(2) - through  # exclusive: the state after each chunk
-    else:
-        others = through - chunk_states  # exclusive: the state before each chunk
-        if state is not None:
-            others = others + state.unsqueeze(2)
-        total = others[:, :, -1] + chunk_states[:, :, -1]
-    return _unchunked(intra + qc @ others, t), total, others
+        return total.unsqueeze(2) - through, total  # exclusive: the state after each chunk
+    others = through - chunk_states  # exclusive: the state before each chunk
+    if state is not None:
+        others = others + state.unsqueeze(2)
+    return others, others[:, :, -1] + chunk_states[:, :, -1]
 
 
 class _PrefixLinear(torch.autograd.Function):
-    r""":func:`prefix_linear` keeping q, k, v and the chunk states (not the chunk scores) for the backward
-    pass. Per chunk, with S = mask(q kᵀ), the states R read by the chunk and the gradient dO of the output
-    (and dT of the final state):
+    r""":func:`prefix_linear` keeping q, k, v and the incoming state for the backward pass, not the chunk
+    scores nor the states the chunks read: the backward pass forms both again. Per chunk, with
+    S = mask(q kᵀ), the states R read by the chunk and the gradient dO of the output (and dT of the
+    final state):
 
         dq = mask(dO vᵀ) k + dO Rᵀ,     dk = mask(dO vᵀ)ᵀ q + v dCᵀ,     dv = Sᵀ dO + k dC,
 
@@ -133,17 +140,18 @@ class _PrefixLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, chunk, state, reverse):
-        out, total, others = _prefix_linear_terms(q, k, v, chunk, state, reverse)
-        ctx.save_for_backward(q, k, v, others)
-        ctx.chunk, ctx.reverse, ctx.has_state = min(chunk, q.shape[2]), reverse, state is not None
+        out, total, _ = _prefix_linear_terms(q, k, v, chunk, state, reverse)
+        ctx.save_for_backward(q, k, v, state)
+        ctx.chunk, ctx.reverse = min(chunk, q.shape[2]), reverse
         return out, total
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out, grad_total):
-        q, k, v, others = ctx.saved_tensors
+        q, k, v, state = ctx.saved_tensors
         t = q.shape[2]
         qc, kc, vc = (_chunked(x, ctx.chunk) for x in (q, k, v))
+        others, _ = _states_read(kc, vc, state, ctx.reverse)  # recomputed
         if grad_out is None:
             grad_out = torch.zeros(*q.shape[:3], v.shape[-1], dtype=q.dtype, device=q.device)
         go = _chunked(grad_out.contiguous(), ctx.chunk)
@@ -161,7 +169,7 @@ class _PrefixLinear(torch.autograd.Function):
         grad_k = masked_grad.mT @ qc + vc @ grad_states.mT
         grad_v = scores.mT @ go + kc @ grad_states
         grad_state = None
-        if ctx.has_state and ctx.needs_input_grad[4]:
+        if state is not None and ctx.needs_input_grad[4]:
             grad_state = through[:, :, -1] + (grad_total if grad_total is not None else 0)
         grad_q, grad_k, grad_v = (_unchunked(g, t) for g in (grad_q, grad_k, grad_v))
         return grad_q, grad_k, grad_v, None, grad_state, None
