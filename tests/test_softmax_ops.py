@@ -54,6 +54,66 @@ def test_pieces_average_keeps_no_padded_copy_for_the_backward_pass():
     assert sum(kept.values()) <= 6 * element * 4 + 4 * element * 4 + 2 * 3 * 64 * 4  # inputs + out + lse
 
 
+def rebuilt_case(seed=4):
+    """q, k, a plain piece and the inputs of a rebuilt one, m = u Wᵀ scaled by ‖u‖² (float64)."""
+    q, k, plain, u = inputs((4, 4, 3, 5), seed=seed)
+    weight = torch.randn(6, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)).requires_grad_(True)
+    recipe = lambda u, weight: (u @ weight.mT) * u.square().sum(-1, keepdim=True)
+    return q, k, plain, u, weight, recipe
+
+
+@pytest.mark.parametrize("flash", [True, False])
+@pytest.mark.parametrize("weight_grad", [True, False])
+def test_rebuilt_piece_equals_the_formed_piece_with_gradients(flash, weight_grad, monkeypatch):
+    """A :class:`Rebuilt` piece (formed again in the backward pass) gives the average and the gradients of
+    q, k, the other pieces and the recipe's inputs that the formed piece gives, on the CPU kernel and off
+    it (float64); an input that needs no gradient gets none."""
+    if not flash:
+        monkeypatch.setattr(softmax_ops, "_cpu_flash_applies", lambda *args, **kwargs: False)
+    q, k, plain, u, weight, recipe = rebuilt_case()
+    weight.requires_grad_(weight_grad)
+    rebuilt = softmax_ops.Rebuilt(recipe, (u, weight), 6)
+    out = softmax_average_of(q, k, [plain, rebuilt], scale=0.8, causal=True)
+    formed = softmax_average_of(q, k, [plain, recipe(u, weight)], scale=0.8, causal=True)
+    assert torch.equal(out, formed)
+    weights = torch.randn(out.shape, dtype=out.dtype, generator=torch.Generator().manual_seed(5))
+    wrt = [q, k, plain, u] + ([weight] if weight_grad else [])
+    grads = torch.autograd.grad((out * weights).sum(), wrt)
+    wanted = torch.autograd.grad((formed * weights).sum(), wrt)
+    for got, want in zip(grads, wanted, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-13)
+    assert torch.autograd.gradcheck(
+        lambda q, k, plain, u: softmax_average_of(q, k, [softmax_ops.Rebuilt(recipe, (u, weight), 6), plain]),
+        (q, k, plain, u),
+    )
+
+
+def test_rebuilt_piece_under_bf16_autocast_is_formed_again_as_before():
+    """Under CPU bf16 autocast the recipe's product runs in bfloat16; the backward pass forms the piece
+    again under the same autocast, so the gradients equal the formed piece's exactly."""
+    q, k, plain, u, weight, recipe = (x.float() if isinstance(x, torch.Tensor) else x for x in rebuilt_case())
+    q, k, plain, u, weight = (x.detach().requires_grad_(True) for x in (q, k, plain, u, weight))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = softmax_average_of(q, k, [plain, softmax_ops.Rebuilt(recipe, (u, weight), 6)], causal=True)
+        formed = softmax_average_of(q, k, [plain, recipe(u, weight)], causal=True)
+    assert out.dtype == torch.bfloat16 and torch.equal(out, formed)
+    grads = torch.autograd.grad(out.float().sum(), (q, k, u, weight))
+    wanted = torch.autograd.grad(formed.float().sum(), (q, k, u, weight))
+    for got, want in zip(grads, wanted, strict=True):
+        assert torch.equal(got, want)
+
+
+def test_rebuilt_piece_keeps_its_inputs_not_itself():
+    """What the CPU kernel keeps for a rebuilt piece is the recipe's inputs; the formed piece, as wide
+    as a value group, is not kept."""
+    q, k, plain, u, weight, recipe = rebuilt_case()
+    rebuilt = softmax_ops.Rebuilt(recipe, (u, weight), 6)
+    kept = saved_storages(lambda: softmax_average_of(q, k, [plain, rebuilt], causal=True))
+    rows = 2 * 3 * 9 * 8  # bytes of one float64 column of (2, 3, 9, ·)
+    out_and_lse = rows * (3 + 6) + rows  # the kernel's output is as wide as the values, 3 + 6
+    assert sum(kept.values()) == rows * (4 + 4 + 3 + 5) + weight.numel() * 8 + out_and_lse
+
+
 def test_pieces_average_under_bf16_autocast_tracks_sdpa():
     q, k, a, b = inputs((8, 8, 8, 8), dtype=torch.float32, length=32)
     with torch.autocast("cpu", dtype=torch.bfloat16):

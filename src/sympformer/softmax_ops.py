@@ -17,6 +17,8 @@ underflows at any scale of the scores.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +33,85 @@ def _pad_width(t: Tensor, width: int) -> Tensor:
 _CPU_FLASH_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 
 
+@dataclass(frozen=True)
+class Rebuilt:
+    """A value piece given by the recipe that forms it, ``fn(*inputs)``, of last dimension ``width``. On
+    the CPU flash path the piece is formed in the forward pass and again in the backward pass, and only
+    its inputs are kept for it (worth it where they are kept anyway: H1/R2's dk = W_K u and s·w from the
+    velocity u and the values w); elsewhere it is formed once, like any piece."""
+
+    fn: Callable[..., Tensor]
+    inputs: tuple[Tensor, ...]
+    width: int
+
+    def form(self) -> Tensor:
+        return self.fn(*self.inputs)
+
+
+Piece = Tensor | Rebuilt
+
+
+def piece_width(piece: Piece) -> int:
+    return piece.width if isinstance(piece, Rebuilt) else piece.shape[-1]
+
+
+def _formed(pieces: Sequence[Piece]) -> list[Tensor]:
+    return [p.form() if isinstance(p, Rebuilt) else p for p in pieces]
+
+
+def _flattened(pieces: Sequence[Piece], as_input: Callable[[Tensor], Tensor]) -> tuple[tuple, list[Tensor]]:
+    """(recipes, tensors) for :class:`_CPUFlashAverage`: one recipe per piece, None for a tensor (one entry
+    of ``tensors``, passed through ``as_input``) or (fn, number of inputs) for a :class:`Rebuilt` piece
+    (its inputs, and fn followed by ``as_input``)."""
+    recipes, tensors = [], []
+    for piece in pieces:
+        if isinstance(piece, Rebuilt):
+            recipes.append((lambda *xs, fn=piece.fn: as_input(fn(*xs)), len(piece.inputs)))
+            tensors.extend(piece.inputs)
+        else:
+            recipes.append(None)
+            tensors.append(as_input(piece))
+    return tuple(recipes), tensors
+
+
+def _pieces_of(recipes: tuple, tensors: Sequence[Tensor]) -> list[Tensor]:
+    """The pieces from :func:`_flattened`'s recipes and tensors (the rebuilt ones formed again)."""
+    pieces, at = [], 0
+    for recipe in recipes:
+        if recipe is None:
+            pieces.append(tensors[at])
+            at += 1
+        else:
+            fn, count = recipe
+            pieces.append(fn(*tensors[at : at + count]))
+            at += count
+    return pieces
+
+
+def _through_recipes(recipes: tuple, tensors: Sequence[Tensor], grad_pieces, needs_grad) -> list[Tensor | None]:
+    """The gradients of :func:`_flattened`'s tensors from those of the pieces: a rebuilt piece's recipe
+    is formed once more under autograd and differentiated (its inputs' gradients, where needed)."""
+    grads, at = [], 0
+    for recipe, grad in zip(recipes, grad_pieces, strict=True):
+        if recipe is None:
+            grads.append(grad)
+            at += 1
+            continue
+        fn, count = recipe
+        inputs, needs = tensors[at : at + count], needs_grad[at : at + count]
+        at += count
+        wanted = [i for i, need in enumerate(needs) if need]
+        found = [None] * count
+        if grad is not None and wanted:
+            with torch.enable_grad():
+                leaves = [x.detach().requires_grad_(need) for x, need in zip(inputs, needs, strict=True)]
+                piece = fn(*leaves)
+                for i, g in zip(wanted, torch.autograd.grad(piece, [leaves[i] for i in wanted], grad), strict=True):
+                    found[i] = g
+        grads.extend(found)
+    return grads
+
+
 # |dO_i|² below this takes the extra column: above it dO_i / |dO_i|² ≤ 1e15 and the squared norm sits far
 # above float32's subnormal range (1.2e-38), so the fold is exact to rounding (rows of 1e-22 are common)
 _FOLD_FLOOR = 1e-30
@@ -40,8 +121,9 @@ class _CPUFlashAverage(torch.autograd.Function):
     r"""(Σ_j softmax_j(scale·q_i·k_j) v_j, L_i) through PyTorch's fused CPU kernel, with v given as pieces
     of any widths and L_i = log Σ_j exp(scale·q_i·k_j) the row log-normaliser the kernel computes anyway.
     The kernel wants q, k and v of one width W, so they are zero-padded to W inside; what is saved for
-    the backward pass is the *unpadded* q, k and pieces plus the output and L, and the padding is
-    rebuilt in the backward pass. Compared with padding outside the autograd graph this keeps neither
+    the backward pass is the *unpadded* q, k and pieces (a :class:`Rebuilt` piece's inputs instead,
+    ``recipes`` from :func:`_flattened`) plus the output and L, and the padding is rebuilt in the
+    backward pass. Compared with padding outside the autograd graph this keeps neither
     the padded q, k nor the concatenated values alive between the forward and the backward pass (H1's
     saved activations at the heavy shape: 352.8 → 224.5 MiB together with the recomputed connection
     algebra; benchmarks/profile_steps.py). Inputs are (B, H, L, ·); no mask, no dropout.
@@ -52,26 +134,31 @@ class _CPUFlashAverage(torch.autograd.Function):
     output handed to the backward kernel gives (:func:`_fold_log_norm_gradient`)."""
 
     @staticmethod
-    def forward(ctx, q, k, scale, causal, *pieces):
+    def forward(ctx, q, k, scale, causal, recipes, *tensors):
         ctx.set_materialize_grads(False)
+        pieces = _pieces_of(recipes, tensors)
         widths = [v.shape[-1] for v in pieces]
         width = max(q.shape[-1], sum(widths))
         values = _pad_width(torch.cat(pieces, -1) if len(pieces) > 1 else pieces[0], width)
         out, log_norm = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
             _pad_width(q, width), _pad_width(k, width), values, 0.0, causal, scale=scale
         )
-        ctx.save_for_backward(q, k, out, log_norm, *pieces)
-        ctx.scale, ctx.causal, ctx.width = scale, causal, width
+        ctx.save_for_backward(q, k, out, log_norm, *tensors)
+        ctx.scale, ctx.causal, ctx.width, ctx.recipes = scale, causal, width, recipes
+        # a rebuilt piece is formed again as it was formed here: under autocast when this ran under it
+        ctx.autocast = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
         return out[..., : sum(widths)], log_norm
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out, grad_log_norm):
-        q, k, out, log_norm, *pieces = ctx.saved_tensors
-        widths = [v.shape[-1] for v in pieces]
+        q, k, out, log_norm, *tensors = ctx.saved_tensors
         width, average_used = ctx.width, grad_out is not None
         if not average_used and grad_log_norm is None:
-            return (None,) * (4 + len(pieces))
+            return (None,) * (5 + len(tensors))
+        with _autocast_as(ctx.autocast):
+            pieces = _pieces_of(ctx.recipes, tensors)
+        widths = [v.shape[-1] for v in pieces]
         if not average_used:  # only L is (a log-normaliser alone, the last v1 layer's oracle)
             grad_out, out, values = _log_norm_only_gradient(out, grad_log_norm)
         else:
@@ -94,7 +181,14 @@ class _CPUFlashAverage(torch.autograd.Function):
             scale=ctx.scale,
         )
         grad_pieces = grad_v[..., : sum(widths)].split(widths, -1) if average_used else [None] * len(pieces)
-        return grad_q[..., : q.shape[-1]], grad_k[..., : k.shape[-1]], None, None, *grad_pieces
+        with _autocast_as(ctx.autocast):
+            grad_tensors = _through_recipes(ctx.recipes, tensors, grad_pieces, ctx.needs_input_grad[5:])
+        return grad_q[..., : q.shape[-1]], grad_k[..., : k.shape[-1]], None, None, None, *grad_tensors
+
+
+def _autocast_as(dtype: torch.dtype | None):
+    """CPU autocast to ``dtype``, or none."""
+    return torch.autocast("cpu", dtype=dtype) if dtype is not None else torch.autocast("cpu", enabled=False)
 
 
 def _log_norm_only_gradient(out: Tensor, grad_log_norm: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -163,20 +257,21 @@ def _as4d(t: Tensor) -> Tensor:
     return t.reshape(math.prod(t.shape[:-2]), 1, *t.shape[-2:]) if t.ndim != 4 else t  # kernels want (B, H, L, E)
 
 
-def _cpu_flash(q: Tensor, k: Tensor, pieces: list[Tensor], scale: float, causal: bool) -> tuple[Tensor, Tensor]:
+def _cpu_flash(q: Tensor, k: Tensor, pieces: Sequence[Piece], scale: float, causal: bool) -> tuple[Tensor, Tensor]:
     """(Σ_j P_ij [v¹_j, v², …], L_i) by :class:`_CPUFlashAverage`, shapes (..., L, d) and (..., L)."""
     batch, length = q.shape[:-2], q.shape[-2]
     # like SDPA under autocast, compute in the autocast dtype (else in q's dtype)
     dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else q.dtype
-    inputs = [_as4d(t).to(dtype) for t in (q, k, *pieces)]
-    out, log_norm = _CPUFlashAverage.apply(inputs[0], inputs[1], scale, causal, *inputs[2:])
+    as_input = lambda t: _as4d(t).to(dtype)
+    recipes, tensors = _flattened(pieces, as_input)
+    out, log_norm = _CPUFlashAverage.apply(as_input(q), as_input(k), scale, causal, recipes, *tensors)
     return out.reshape(*batch, length, out.shape[-1]), log_norm.reshape(*batch, length)
 
 
 def softmax_average_of(
     q: Tensor,
     k: Tensor,
-    pieces: list[Tensor],
+    pieces: Sequence[Piece],
     *,
     scale: float = 1.0,
     causal: bool = False,
@@ -185,9 +280,11 @@ def softmax_average_of(
 ) -> Tensor:
     """Σ_j softmax_j(scale·q_i·k_j) [v¹_j, v², …] for value ``pieces`` of any widths, concatenated in the
     last dimension (j ≤ i when ``causal``; j where ``mask`` is True when a boolean mask is given);
-    shapes (..., L, d), one fused kernel call (with attention dropout ``dropout_p``: SDPA's own)."""
+    shapes (..., L, d), one fused kernel call (with attention dropout ``dropout_p``: SDPA's own). A piece
+    may be :class:`Rebuilt`."""
     if _cpu_flash_applies(q, k, mask, dropout_p):
         return _cpu_flash(q, k, pieces, scale, causal)[0]
+    pieces = _formed(pieces)
     rows = _query_rows_per_call(q, k, mask, causal, dropout_p)
     if rows < q.shape[-2]:  # no fused kernel for the dtype: keep each call's score matrix within budget
         chunks = [softmax_average_of(q_c, k, pieces, scale=scale) for q_c in q.split(rows, dim=-2)]

@@ -165,8 +165,36 @@ def test_connection_value_groups_one_call_or_one_each(attention, monkeypatch, la
     for g, g_ref in zip(grads, grads_ref, strict=True):
         torch.testing.assert_close(g, g_ref, rtol=0, atol=1e-10)
     attn.reset_counters()
-    attn.then_connection(z, lambda out: 0.7 * u + 1.3 * out)
+    f, _, c = attn.then_connection(z, lambda out: 0.7 * u + 1.3 * out)
     assert attn.kernel_calls == (4 if large else 2) and attn.evaluations == 1
+    _, c_ref = connection_reference(attn, z, 0.7 * u + 1.3 * f)  # u = direction(F), differentiated through F
+    wrt = (z, u, attn.c_attn.weight, attn.c_proj.weight)
+    grads = torch.autograd.grad((c * weights).sum(), wrt, retain_graph=True)  # F's graph is c_ref's too
+    grads_ref = torch.autograd.grad((c_ref * weights).sum(), wrt)
+    for g, g_ref in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(g, g_ref, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("second_pass", [False, True])
+def test_direction_values_are_formed_again_not_kept_with_large_activations(monkeypatch, second_pass):
+    """Above the size threshold the connection's value groups along u, dk = W_K u and s·w, are formed
+    again in the kernel's backward pass: what the connection keeps is two (B, T, C) tensors and s = ‖u‖²
+    fewer than with the groups formed in the forward pass and kept (H1's one call and R2's second one)."""
+    import sympformer.nn.recompute as recompute_module
+    from sympformer.softmax_ops import Rebuilt
+
+    monkeypatch.setattr(recompute_module, "MIN_ELEMENTS", 0)
+    torch.manual_seed(0)
+    attn = CausalSelfAttention(n_embd=16, n_head=2, bias=False, dropout=0.0)
+    z, v = torch.randn(2, 32, 16, requires_grad=True), torch.randn(2, 32, 16, requires_grad=True)
+    run = lambda: attn.then_connection(z, lambda f: v + f) if second_pass else attn.with_connection(z, v)
+    rebuilt = sum(saved_storages(run).values())
+    recipes = attn._direction_values
+    monkeypatch.setattr(
+        attn, "_direction_values", lambda *a: [p.form() if isinstance(p, Rebuilt) else p for p in recipes(*a)]
+    )
+    formed = sum(saved_storages(run).values())
+    assert formed - rebuilt == (2 * z.numel() + z[..., 0].numel()) * 4
 
 
 def test_one_call_per_value_group_holds_no_padded_copies(monkeypatch):

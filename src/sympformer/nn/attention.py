@@ -14,7 +14,8 @@ Every Σ_j P_ij (·)_j is the same softmax applied to other values, so when u is
 attention (H1) one SDPA call on the concatenated values [w, k, dk, s·w] gives F and C together; when
 u depends on F (R2: u = W = β v + g F) a second call on [dk, s·w] re-aggregates with the same softmax.
 With large activations each value group takes a call of its own instead (:func:`_per_group`: the same
-products, none of the joined call's padded copies of q and k).
+products, none of the joined call's padded copies of q and k), and the groups along u, dk and s·w, are
+formed again in the kernel's backward pass instead of kept (:meth:`CausalSelfAttention._direction_values`).
 :func:`connection_reference` is the per-row loop that materialises P (tests only).
 
 Generation cache: while ``self.cache`` is a dict, the keys and every value group ("slot") of the
@@ -35,7 +36,10 @@ from sympformer.nn import recompute
 from sympformer.nn.norm_sum import Affine
 from sympformer.nn.recompute import recomputed
 from sympformer.softmax_ops import (
+    Piece,
+    Rebuilt,
     kernel_log_normaliser,
+    piece_width,
     softmax_average,
     softmax_average_of,
     softmax_average_with_normaliser,
@@ -163,13 +167,15 @@ class CausalSelfAttention(AttentionBase):
         return F.linear(self.merge_heads(y), self.c_proj.weight)
 
     def aggregate(
-        self, q: Tensor, k: Tensor, values: list[Tensor], new_softmax: bool = True, slot: str = "values"
+        self, q: Tensor, k: Tensor, values: list[Piece], new_softmax: bool = True, slot: str = "values"
     ) -> list[Tensor]:
-        """Σ_j P_ij v_j for every v in ``values``: one SDPA call on their concatenation, or one call per
-        value group where that pays (:func:`_per_group`); ``slot`` names the group in the generation cache."""
-        widths = [v.shape[-1] for v in values]
+        """Σ_j P_ij v_j for every v in ``values`` (tensors or :class:`Rebuilt` recipes): one SDPA call on
+        their concatenation, or one call per value group where that pays (:func:`_per_group`); ``slot``
+        names the group in the generation cache."""
+        widths = [piece_width(v) for v in values]
         if self.cache is not None:
-            return self._aggregate_cached(q, k, torch.cat(values, -1), widths, new_softmax, slot)
+            formed = [v.form() if isinstance(v, Rebuilt) else v for v in values]
+            return self._aggregate_cached(q, k, torch.cat(formed, -1), widths, new_softmax, slot)
         dropout = self.dropout if self.training else 0.0
         self.count(evaluations=int(new_softmax))
         if _per_group(q, widths, dropout):
@@ -261,13 +267,25 @@ class CausalSelfAttention(AttentionBase):
 
         return recomputed(connection, q, k_avg, dk_avg, y, sw_avg, u)
 
+    def _direction_values(self, q: Tensor, w: Tensor, u: Tensor) -> list[Piece]:
+        """The connection's value groups along u, [dk, s·w] with dk = W_K u and s_j = ‖u_j‖². With large
+        activations under autograd, as :class:`Rebuilt` recipes: the CPU kernel then keeps u and w (kept
+        anyway, by the connection's algebra and the first call) and forms dk and s·w again in its
+        backward pass, a (tokens × C) by (C × C) product and a scaling, instead of keeping two (B, T, C)
+        tensors a layer (H1 at the attention-heavy shape: 249.6 → 233.6 MiB)."""
+        n = self.c_attn.out_features // 3
+        w_k = self.c_attn.weight[n : 2 * n]
+        dk = lambda u, w_k: self.split_heads(F.linear(u, w_k))
+        sw = lambda u, w: u.square().sum(-1)[:, None, :, None] * w
+        if torch.is_grad_enabled() and q.numel() >= recompute.MIN_ELEMENTS:
+            return [Rebuilt(dk, (u, w_k), self.head_dim), Rebuilt(sw, (u, w), self.head_dim)]
+        return [dk(u, w_k), sw(u, w)]
+
     def with_connection(self, z: Tensor, u: Tensor, deferred: bool = False) -> tuple[Tensor | Affine, Tensor]:
         """(F, C(z; u)) for a direction u known before the attention: one attention evaluation, one SDPA call
         (one per value group with large activations; ``deferred``: F as an Affine term, see :meth:`output`)."""
         q, k, w = self.project(z)
-        dk = self.direction(u, "k")
-        s = u.square().sum(-1)[:, None, :, None]
-        y, k_avg, dk_avg, sw_avg = self.aggregate(q, k, [w, k, dk, s * w])
+        y, k_avg, dk_avg, sw_avg = self.aggregate(q, k, [w, k, *self._direction_values(q, w, u)])
         return self.output(y, deferred), self._connection(q, k_avg, dk_avg, y, sw_avg, u)
 
     def then_connection(self, z: Tensor, direction) -> tuple[Tensor, Tensor, Tensor]:
@@ -277,9 +295,7 @@ class CausalSelfAttention(AttentionBase):
         y, k_avg = self.aggregate(q, k, [w, k])
         out = self.output(y)
         u = direction(out)
-        dk = self.direction(u, "k")
-        s = u.square().sum(-1)[:, None, :, None]
-        dk_avg, sw_avg = self.aggregate(q, k, [dk, s * w], new_softmax=False, slot="second")
+        dk_avg, sw_avg = self.aggregate(q, k, self._direction_values(q, w, u), new_softmax=False, slot="second")
         return out, u, self._connection(q, k_avg, dk_avg, y, sw_avg, u)
 
 
