@@ -173,7 +173,7 @@ def test_ridge_proxy_solves_equal_dense_solves_with_gradients(with_state):
     kq = torch.randn(1, 4, 19, 4, generator=g, dtype=torch.float64, requires_grad=True)
     rhs = torch.randn(1, 4, 19, 4, generator=g, dtype=torch.float64, requires_grad=True)
     state = torch.eye(4, dtype=torch.float64).expand(1, 4, 4, 4).clone() if with_state else None
-    second, last = _RidgeProxySolves.apply(kq, rhs, 0.1, state, 4)
+    second, last = _RidgeProxySolves.apply(*kq.chunk(2, 1), rhs, 0.1, state, 4)
 
     systems = _explicit_ridge_systems(kq, 0.1, state)
     grams = systems - 0.1 * torch.eye(4, dtype=torch.float64)
@@ -186,7 +186,9 @@ def test_ridge_proxy_solves_equal_dense_solves_with_gradients(with_state):
     want = torch.autograd.grad((expected * weights).sum(), (kq, rhs))
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
-    assert torch.autograd.gradcheck(lambda kq, rhs: _RidgeProxySolves.apply(kq, rhs, 0.1, state, 4)[0], (kq, rhs))
+    assert torch.autograd.gradcheck(
+        lambda kq, rhs: _RidgeProxySolves.apply(*kq.chunk(2, 1), rhs, 0.1, state, 4)[0], (kq, rhs)
+    )
 
 
 def _explicit_ridge_systems(a, ridge, state=None):
@@ -230,7 +232,7 @@ def test_ridge_proxy_solves_stay_accurate_on_ill_conditioned_float32_keys():
     rhs = torch.randn(2, 4, 256, 16, generator=g)
     systems = _explicit_ridge_systems(kq.double(), 1e-3)
     want = torch.linalg.solve(systems, swap_systems(torch.linalg.solve(systems, rhs.double())))
-    got, _ = _RidgeProxySolves.apply(kq, rhs, 1e-3, None, 32)
+    got, _ = _RidgeProxySolves.apply(*kq.chunk(2, 1), rhs, 1e-3, None, 32)
     float32_systems = systems.float()
     lu = torch.linalg.solve(float32_systems, swap_systems(torch.linalg.solve(float32_systems, rhs)))
     error = lambda x: ((x.double() - want).norm(dim=-1) / want.norm(dim=-1)).max().item()

@@ -226,7 +226,8 @@ def swap_systems(x: Tensor) -> Tensor:
 
 class _RidgeProxySolves(torch.autograd.Function):
     r"""The ridge solves of the connection proxy at every position i, for a = [k, q] (B, 2H, T, r), the
-    K systems' heads first:
+    K systems' heads first (k and q are kept for the backward pass, which the attention's own pass keeps
+    anyway, and joined again there):
 
         A_i = [G_KK, G_QQ]_i + λI = state + Σ_{j≤i} a_j a_jᵀ + λI     (prefix Grams)
         X₁ = A⁻¹ [c, m] = [P_K c, P_Q m],   X₂ = A⁻¹ swap(X₁) = [P_K P_Q m, P_Q P_K c]
@@ -242,13 +243,14 @@ class _RidgeProxySolves(torch.autograd.Function):
     the cache)."""
 
     @staticmethod
-    def forward(ctx, a, rhs, ridge, state, chunk):
-        with torch.autocast(a.device.type, enabled=False):
-            start, updates, last = chunked_ridge_inverse(a.to(SOLVE_DTYPE), ridge, state, RIDGE_CHUNK)
+    def forward(ctx, k, q, rhs, ridge, state, chunk):
+        with torch.autocast(k.device.type, enabled=False):
+            a = torch.cat([k, q], 1).to(SOLVE_DTYPE)
+            start, updates, last = chunked_ridge_inverse(a, ridge, state, RIDGE_CHUNK)
             first = apply_ridge_inverse(start, updates, rhs.to(SOLVE_DTYPE))
             second = apply_ridge_inverse(start, updates, swap_systems(first))
-        first, second = first.to(a.dtype), second.to(a.dtype)
-        ctx.save_for_backward(a, start, updates, first, second)
+        first, second = first.to(rhs.dtype), second.to(rhs.dtype)
+        ctx.save_for_backward(k, q, start, updates, first, second)
         ctx.chunk = chunk
         ctx.mark_non_differentiable(last)
         return second, last
@@ -256,7 +258,8 @@ class _RidgeProxySolves(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_second, _):
-        a, start, updates, first, second = ctx.saved_tensors
+        k, q, start, updates, first, second = ctx.saved_tensors
+        a = torch.cat([k, q], 1).to(first.dtype)
         with torch.autocast(a.device.type, enabled=False):
             bar2 = apply_ridge_inverse(start, updates, grad_second.to(SOLVE_DTYPE))
             bar1 = apply_ridge_inverse(start, updates, swap_systems(bar2))
@@ -268,7 +271,8 @@ class _RidgeProxySolves(torch.autograd.Function):
             keys, values = pairs(second, bar2, first, bar1), pairs(bar2, second, bar1, first)
             # chunks of 16 positions (64 keys): the fastest of 8–64 (benchmarks/kernels.py)
             grad_a, _, _ = _prefix_linear_terms(a, keys, values, min(ctx.chunk, 16), None, True, group=4)
-        return -grad_a, bar1, None, None, None
+        grad_k, grad_q = (-g for g in grad_a.split(k.shape[1], 1))
+        return grad_k.to(k.dtype), grad_q.to(q.dtype), bar1, None, None, None
 
 
 class PrefixLinearAttention(AttentionBase):
@@ -329,11 +333,12 @@ class PrefixLinearAttention(AttentionBase):
         # c_i = G_KK dq_i + G_dKKᵀ q_i = Σ_{j≤i} k_j (k_j·dq_i + dk_j·q_i): one pass, query [dq, q], key [k, dk]
         c = prefix("c", torch.cat([dq, q], -1), torch.cat([k, dk], -1), k)
         # m_i = Σ_{j≤i} (u_i·u_j) q_j: scores shared by the heads, one pass on the head-merged values
-        m = self.split_heads(prefix("m", u.unsqueeze(1), u.unsqueeze(1), self.merge_heads(q).unsqueeze(1)).squeeze(1))
+        merged_q = self.merge_heads(q).unsqueeze(1)  # (B, 1, T, C): kept once, for this pass and t1's
+        m = self.split_heads(prefix("m", u.unsqueeze(1), u.unsqueeze(1), merged_q).squeeze(1))
         # b_i = P_Q P_K c_i and P_K P_Q m_i: the ridge systems of the prefix Grams [G_KK, G_QQ] + λI
         solve_dtype = torch.promote_types(q.dtype, torch.float32)  # the solves themselves run in float64
-        kq, rhs = torch.cat([k, q], 1).to(solve_dtype), torch.cat([c, m], 1).to(solve_dtype)  # (B, 2H, T, r)
-        second, last_gram = _RidgeProxySolves.apply(kq, rhs, RIDGE, self._state("grams"), self.chunk)
+        rhs = torch.cat([c, m], 1).to(solve_dtype)  # (B, 2H, T, r)
+        second, last_gram = _RidgeProxySolves.apply(k, q, rhs, RIDGE, self._state("grams"), self.chunk)
         self._keep("grams", last_gram)
         pkpq_m, b = second.split(heads, 1)
         # t2_i = W_Kᵀ G_QK P_K P_Q m_i / r^{1/4}, with G_QK y = Σ_{j≤i} q_j (k_j·y)
@@ -342,8 +347,8 @@ class PrefixLinearAttention(AttentionBase):
         w_k = self.c_attn.weight[n : 2 * n].view(heads, r, -1)  # (H, r, d)
         t2 = torch.einsum("bhtr,hrd->btd", inner, w_k) * (self.qk_scale / heads)
         # mean_h t1_i = −Σ_{j≤i} (mean_h b_i^h·q_j^h) u_j: one pass on head-merged queries and keys
-        t1 = prefix("bq", self.merge_heads(b).unsqueeze(1), self.merge_heads(q).unsqueeze(1) / heads, u.unsqueeze(1))
-        return t2 - t1.squeeze(1)
+        t1 = prefix("bq", self.merge_heads(b).unsqueeze(1), merged_q, u.unsqueeze(1))
+        return t2 - t1.squeeze(1) / heads
 
     def with_connection(self, z: Tensor, u: Tensor, deferred: bool = False) -> tuple[Tensor | Affine, Tensor]:
         q, k, w = self.project(z)
