@@ -74,40 +74,45 @@ def _flattened(pieces: Sequence[Piece], as_input: Callable[[Tensor], Tensor]) ->
     return tuple(recipes), tensors
 
 
-def _pieces_of(recipes: tuple, tensors: Sequence[Tensor]) -> list[Tensor]:
-    """The pieces from :func:`_flattened`'s recipes and tensors (the rebuilt ones formed again)."""
-    pieces, at = [], 0
+def _pieces_of(recipes: tuple, tensors: Sequence[Tensor], needs_grad: Sequence[bool] = ()) -> tuple[list, list]:
+    """(pieces, graphs) from :func:`_flattened`'s recipes and tensors: the rebuilt pieces formed again.
+    Where ``needs_grad`` (one flag per tensor; the backward pass) asks for a rebuilt piece's input
+    gradients, the piece is formed under autograd from detached inputs, and its graph entry is (the
+    piece, those inputs) for :func:`_through_recipes`; otherwise the entry is None."""
+    pieces, graphs, at = [], [], 0
     for recipe in recipes:
-        if recipe is None:
-            pieces.append(tensors[at])
-            at += 1
-        else:
-            fn, count = recipe
-            pieces.append(fn(*tensors[at : at + count]))
-            at += count
-    return pieces
-
-
-def _through_recipes(recipes: tuple, tensors: Sequence[Tensor], grad_pieces, needs_grad) -> list[Tensor | None]:
-    """The gradients of :func:`_flattened`'s tensors from those of the pieces: a rebuilt piece's recipe
-    is formed once more under autograd and differentiated (its inputs' gradients, where needed)."""
-    grads, at = [], 0
-    for recipe, grad in zip(recipes, grad_pieces, strict=True):
-        if recipe is None:
-            grads.append(grad)
-            at += 1
-            continue
-        fn, count = recipe
-        inputs, needs = tensors[at : at + count], needs_grad[at : at + count]
+        count = 1 if recipe is None else recipe[1]
+        inputs, needs = tensors[at : at + count], list(needs_grad[at : at + count]) or [False] * count
         at += count
-        wanted = [i for i, need in enumerate(needs) if need]
-        found = [None] * count
-        if grad is not None and wanted:
+        if recipe is None:
+            pieces.append(inputs[0])
+            graphs.append(None)
+        elif any(needs):
             with torch.enable_grad():
                 leaves = [x.detach().requires_grad_(need) for x, need in zip(inputs, needs, strict=True)]
-                piece = fn(*leaves)
-                for i, g in zip(wanted, torch.autograd.grad(piece, [leaves[i] for i in wanted], grad), strict=True):
-                    found[i] = g
+                piece = recipe[0](*leaves)
+            pieces.append(piece.detach())
+            graphs.append((piece, leaves))
+        else:
+            pieces.append(recipe[0](*inputs))
+            graphs.append(None)
+    return pieces, graphs
+
+
+def _through_recipes(recipes: tuple, graphs: list, grad_pieces) -> list[Tensor | None]:
+    """The gradients of :func:`_flattened`'s tensors from those of the pieces: a plain piece's is its own,
+    a rebuilt piece's inputs' come through its graph from :func:`_pieces_of` (None where not needed)."""
+    grads = []
+    for recipe, graph, grad in zip(recipes, graphs, grad_pieces, strict=True):
+        if recipe is None:
+            grads.append(grad)
+            continue
+        found = [None] * recipe[1]
+        if graph is not None and grad is not None:
+            piece, leaves = graph
+            wanted = [i for i, leaf in enumerate(leaves) if leaf.requires_grad]
+            for i, g in zip(wanted, torch.autograd.grad(piece, [leaves[i] for i in wanted], grad), strict=True):
+                found[i] = g
         grads.extend(found)
     return grads
 
@@ -136,7 +141,7 @@ class _CPUFlashAverage(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, scale, causal, recipes, *tensors):
         ctx.set_materialize_grads(False)
-        pieces = _pieces_of(recipes, tensors)
+        pieces, _ = _pieces_of(recipes, tensors)
         widths = [v.shape[-1] for v in pieces]
         width = max(q.shape[-1], sum(widths))
         values = _pad_width(torch.cat(pieces, -1) if len(pieces) > 1 else pieces[0], width)
@@ -156,8 +161,8 @@ class _CPUFlashAverage(torch.autograd.Function):
         width, average_used = ctx.width, grad_out is not None
         if not average_used and grad_log_norm is None:
             return (None,) * (5 + len(tensors))
-        with _autocast_as(ctx.autocast):
-            pieces = _pieces_of(ctx.recipes, tensors)
+        with _autocast_as(ctx.autocast):  # a rebuilt piece's graph, where its inputs need gradients
+            pieces, graphs = _pieces_of(ctx.recipes, tensors, ctx.needs_input_grad[5:])
         widths = [v.shape[-1] for v in pieces]
         if not average_used:  # only L is (a log-normaliser alone, the last v1 layer's oracle)
             grad_out, out, values = _log_norm_only_gradient(out, grad_log_norm)
@@ -181,8 +186,7 @@ class _CPUFlashAverage(torch.autograd.Function):
             scale=ctx.scale,
         )
         grad_pieces = grad_v[..., : sum(widths)].split(widths, -1) if average_used else [None] * len(pieces)
-        with _autocast_as(ctx.autocast):
-            grad_tensors = _through_recipes(ctx.recipes, tensors, grad_pieces, ctx.needs_input_grad[5:])
+        grad_tensors = _through_recipes(ctx.recipes, graphs, grad_pieces)
         return grad_q[..., : q.shape[-1]], grad_k[..., : k.shape[-1]], None, None, None, *grad_tensors
 
 
