@@ -116,13 +116,20 @@ class AttentionBase(CallCounter, nn.Module):
         b, h, n, d = t.shape
         return t.transpose(1, 2).reshape(b, n, h * d)
 
-    def direction(self, u: Tensor, part: str) -> Tensor:
-        """W_part u for part "q" or "k", split into heads and scaled by qk_scale (weights only: a
-        directional derivative has no bias)."""
+    def projection_weight(self, part: str) -> Tensor:
+        """W_Q or W_K (part "q" or "k"): their rows of ``c_attn``'s weight."""
         n = self.c_attn.out_features // 3
-        rows = {"q": slice(0, n), "k": slice(n, 2 * n)}[part]
-        d = self.split_heads(F.linear(u, self.c_attn.weight[rows]))
+        return self.c_attn.weight[{"q": slice(0, n), "k": slice(n, 2 * n)}[part]]
+
+    def directional(self, u: Tensor, weight: Tensor) -> Tensor:
+        """weight · u split into heads and scaled by qk_scale, for W_Q or W_K (weights only: a directional
+        derivative has no bias)."""
+        d = self.split_heads(F.linear(u, weight))
         return d if self.qk_scale == 1.0 else d * self.qk_scale
+
+    def direction(self, u: Tensor, part: str) -> Tensor:
+        """W_part u for part "q" or "k" (:meth:`directional`)."""
+        return self.directional(u, self.projection_weight(part))
 
     def directions(self, u: Tensor) -> tuple[Tensor, Tensor]:
         """dq = W_Q u and dk = W_K u (:meth:`direction`)."""
@@ -272,14 +279,12 @@ class CausalSelfAttention(AttentionBase):
         activations under autograd, as :class:`Rebuilt` recipes: the CPU kernel then keeps u and w (kept
         anyway, by the connection's algebra and the first call) and forms dk and s·w again in its
         backward pass, a (tokens × C) by (C × C) product and a scaling, instead of keeping two (B, T, C)
-        tensors a layer (H1 at the attention-heavy shape: 249.6 → 233.6 MiB)."""
-        n = self.c_attn.out_features // 3
-        w_k = self.c_attn.weight[n : 2 * n]
-        dk = lambda u, w_k: self.split_heads(F.linear(u, w_k))
+        tensors a layer (H1 at the attention-heavy shape: 249.6 → 233.5 MiB)."""
+        w_k = self.projection_weight("k")
         sw = lambda u, w: u.square().sum(-1)[:, None, :, None] * w
         if torch.is_grad_enabled() and q.numel() >= recompute.MIN_ELEMENTS:
-            return [Rebuilt(dk, (u, w_k), self.head_dim), Rebuilt(sw, (u, w), self.head_dim)]
-        return [dk(u, w_k), sw(u, w)]
+            return [Rebuilt(self.directional, (u, w_k), self.head_dim), Rebuilt(sw, (u, w), self.head_dim)]
+        return [self.directional(u, w_k), sw(u, w)]
 
     def with_connection(self, z: Tensor, u: Tensor, deferred: bool = False) -> tuple[Tensor | Affine, Tensor]:
         """(F, C(z; u)) for a direction u known before the attention: one attention evaluation, one SDPA call

@@ -343,8 +343,7 @@ class PrefixLinearAttention(AttentionBase):
         pkpq_m, b = second.split(heads, 1)
         # t2_i = W_Kᵀ G_QK P_K P_Q m_i / r^{1/4}, with G_QK y = Σ_{j≤i} q_j (k_j·y)
         inner = prefix("qk", pkpq_m, k, q)
-        n = self.c_attn.out_features // 3
-        w_k = self.c_attn.weight[n : 2 * n].view(heads, r, -1)  # (H, r, d)
+        w_k = self.projection_weight("k").view(heads, r, -1)  # (H, r, d)
         t2 = torch.einsum("bhtr,hrd->btd", inner, w_k) * (self.qk_scale / heads)
         # mean_h t1_i = −Σ_{j≤i} (mean_h b_i^h·q_j^h) u_j: one pass on head-merged queries and keys
         t1 = prefix("bq", self.merge_heads(b).unsqueeze(1), merged_q, u.unsqueeze(1))
