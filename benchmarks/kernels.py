@@ -8,7 +8,8 @@ variant of one question timed in the same process):
   `lu_solve` under autograd, Cholesky solves, and `_RidgeProxySolves` (which also builds the inverses);
 - the ridge backward's suffix pass over four key/value pairs: the pairs as heads (the previous
   choice) against the pairs side by side at each position, by chunk length; prefix-linear attention
-  with r = 16 features and 4 heads (the attention itself, the `linear_chunk` setting) by chunk length;
+  with r = 16 features and 4 heads (the attention itself) and with one 128-wide head (the v1 linear
+  oracle) by chunk length (the `linear_chunk` setting, which serves both);
 - the connection's four value groups at the heavy shape: one flash call with q and k padded to their
   width, two calls of two, or one call per group (`attention._per_group`), time and allocator peak;
 - the CPU flash kernel: B's 4 heads × 32, one 128-wide head (the v1 oracle's flash path, which on
@@ -204,15 +205,17 @@ def main() -> None:
             label = f"… the pairs side by side at each position, chunk {chunk}" + (" (used)" if chunk == 16 else "")
             rows.append([label, milliseconds(lambda chunk=chunk: grouped(chunk), args.repeats)])
 
-    q, k, v = (torch.randn(B, H, T, R, generator=g, requires_grad=True) for _ in range(3))
-    for chunk in (32, 128, 512):
-        label = f"prefix-linear, {H} heads × r = 16 (the attention), chunk {chunk}, forward + backward"
-        rows.append(
-            [
-                label,
-                milliseconds(backward(lambda q, k, v, c=chunk: prefix_linear(q, k, v, c)[0], q, k, v), args.repeats),
-            ]
-        )
+    # the one `linear_chunk` setting serves the attention (4 heads × r = 16) and the v1 linear oracle (one
+    # head × r = 128, the v1 shape's width, batch and context)
+    attention = [torch.randn(B, H, T, R, generator=g, requires_grad=True) for _ in range(3)]
+    oracle = [torch.randn(4, 1, 512, 128, generator=g, requires_grad=True) for _ in range(3)]
+    for what, inputs in (("4 heads × r = 16 (the attention)", attention), ("1 head × r = 128 (the v1 oracle)", oracle)):
+        for chunk in (32, 64, 128, 512):
+            label = (
+                f"prefix-linear, {what}, chunk {chunk}" + (" (used)" if chunk == 64 else "") + ", forward + backward"
+            )
+            pass_ = lambda q, k, v, c=chunk: prefix_linear(q, k, v, c)[0]
+            rows.append([label, milliseconds(backward(pass_, *inputs), args.repeats)])
 
     for heads, length, width, label in [
         (4, T, 32, "flash attention, causal, 4 heads × 32 (B), forward + backward"),

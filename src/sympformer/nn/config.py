@@ -36,9 +36,11 @@ class SympFormerConfig:
     v0: initial velocity of the momentum architectures: "learned" (tok_v0(idx) + pos_v0(pos)) or "zero".
     connection_strength: η of H1/R2: "fixed" (= 1) or "learned" (exp(raw) per layer, starts at 1).
     gain_floor: added to every softplus gain γ (v4: 1e-6).
-    linear_chunk: chunk length of the prefix-linear attention (a speed knob: results agree to rounding;
-        v4 used 512; on CPU the attention's pass takes 4.4 ms at 128 against 14.5 ms at 512 and 5.6 ms at 32,
-        benchmarks/kernels.py).
+    linear_chunk: chunk length of the prefix-linear passes, the attention's, the connection proxy's and
+        the v1 linear oracle's (a speed knob: results agree to rounding; v4 used 512). On CPU the attention's
+        pass (4 heads × 16) is fastest at 32–64 and the oracle's (one head × 128) at 64–128, both far faster
+        than at 512 (benchmarks/kernels.py); at 64 instead of 128 R2_L's training step took 3.7 and 3.8 %
+        less time, H0_L's and v1_lin_pe's about the same (two interleaved one-off runs).
     activation_checkpointing: keep only each block's inputs for the backward pass and recompute the block
         there (one more forward per step, results bitwise unchanged on CPU): the memory lever for long
         contexts and for the multi-call v1 schemes (benchmarks/RESULTS.md gives the trade).
@@ -55,7 +57,7 @@ class SympFormerConfig:
     v0: str = "learned"
     connection_strength: str = "fixed"
     gain_floor: float = 1e-6
-    linear_chunk: int = 128
+    linear_chunk: int = 64
     activation_checkpointing: bool = False
     v1_h0: float = 0.3
     v1_t0: float = 1.0
