@@ -419,6 +419,22 @@ def test_activation_checkpointing_changes_no_bit_and_keeps_only_block_inputs(arc
     assert kept[1] < kept[0] / 3
 
 
+@pytest.mark.parametrize("arch", ["H1", "R2"])
+def test_activation_checkpointing_over_rebuilt_value_groups_changes_no_bit(monkeypatch, arch):
+    """With large-activation paths forced (one call per value group, dk and s·w formed again in the
+    kernel's backward pass, the recomputed connection algebra), recomputing every block as well gives
+    bitwise the same loss and gradients: the nested recomputations agree."""
+    import sympformer.nn.recompute as recompute_module
+
+    monkeypatch.setattr(recompute_module, "MIN_ELEMENTS", 0)
+    idx = tokens()
+    plain = outputs_and_grads(tiny_model(arch), idx)
+    logits, grads = outputs_and_grads(tiny_model(arch, activation_checkpointing=True), idx)
+    assert torch.equal(logits, plain[0])
+    for name, grad in plain[1].items():
+        assert torch.equal(grads[name], grad), name
+
+
 def test_activation_checkpointing_must_be_a_boolean():
     with pytest.raises(ValueError, match="activation_checkpointing must be true or false"):
         SympFormerConfig(**TINY, activation_checkpointing="yes")
