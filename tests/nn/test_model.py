@@ -305,11 +305,16 @@ def saved_bytes(model, idx) -> int:
     return sum(saved_storages(lambda: model(idx, idx)).values())
 
 
-def reference_layer_norm_of_sum(norm, *terms):
-    """The ordinary autograd graph of norm(Σ c_k t_k), Affine terms as plain products."""
+def reference_weighted_sum(*terms):
+    """The ordinary autograd graph of Σ c_k t_k, Affine terms as plain products."""
     from sympformer.nn.norm_sum import Affine
 
-    return norm(sum(c * (t.value() if isinstance(t, Affine) else t) for c, t in terms))
+    return sum(c * (t.value() if isinstance(t, Affine) else t) for c, t in terms)
+
+
+def reference_layer_norm_of_sum(norm, *terms):
+    """The ordinary autograd graph of norm(Σ c_k t_k), Affine terms as plain products."""
+    return norm(reference_weighted_sum(*terms))
 
 
 def assert_matches_plain(ours, plain):
@@ -323,9 +328,9 @@ def assert_matches_plain(ours, plain):
 
 @pytest.mark.parametrize("arch", ["Y", "H0", "H1", "R2", "H1_LA", "R2_LA", "H1_L", "R2_L", "v1_pe"])
 def test_rebuilt_algebra_matches_the_plain_graph_and_saves_memory(monkeypatch, arch):
-    """The LayerNorms of weighted sums (sums rebuilt in the backward pass) and the connection algebra
-    (recomputed) give the plain graph's logits and gradients (float64: to rounding), and autograd
-    keeps less."""
+    """The LayerNorms of weighted sums (sums rebuilt in the backward pass), R2's momentum W = β₁ v + g₁ F
+    (F rebuilt) and the connection algebra (recomputed) give the plain graph's logits and gradients
+    (float64: to rounding), and autograd keeps less."""
     import sympformer.nn.attention as attention_module
     import sympformer.nn.blocks as blocks_module
     import sympformer.nn.recompute as recompute_module
@@ -336,11 +341,13 @@ def test_rebuilt_algebra_matches_the_plain_graph_and_saves_memory(monkeypatch, a
     logits, grads = outputs_and_grads(tiny_model(arch), idx)
     rebuilding = saved_bytes(tiny_model(arch), idx)
     monkeypatch.setattr(attention_module, "recomputed", lambda fn, *inputs: fn(*inputs))
+    monkeypatch.setattr(blocks_module, "weighted_sum", reference_weighted_sum)
     for module in (blocks_module, v1_blocks_module):
         monkeypatch.setattr(module, "layer_norm_of_sum", reference_layer_norm_of_sum)
     assert_matches_plain((logits, grads), outputs_and_grads(tiny_model(arch), idx))
     stream = idx.numel() * TINY["n_embd"] * 8  # one (B, T, C) float64 tensor
-    per_layer = 1 if arch.startswith("v1") else 2  # v1: LN_M's input x⁺ is kept instead of x⁺ + μ v
+    # v1: LN_M's input x⁺ is kept instead of x⁺ + μ v; R2: W's term F (rebuilt from the attention average)
+    per_layer = 1 if arch.startswith("v1") else 3 if arch.startswith("R2") else 2
     scalars = 8 * 8 * TINY["n_layer"]  # a few 0-d coefficients kept instead (the merged 1 + μ₂, …)
     assert saved_bytes(tiny_model(arch), idx) - rebuilding >= per_layer * stream * TINY["n_layer"] - scalars
 

@@ -143,3 +143,36 @@ def test_weighted_sums_take_one_operator_per_term_and_a_unit_first_pair_one():
         torch.testing.assert_close(total, expected, rtol=0, atol=1e-15)
         assert seen.names == operators
         assert all(total.data_ptr() != t.data_ptr() for t in streams)  # a new tensor: the streams are untouched
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_weighted_sum_equals_the_plain_sum_and_keeps_no_affine_output(with_bias):
+    """weighted_sum (R2's momentum W = β₁ v + g₁ F): the plain sum's value and every gradient (float64),
+    with numbers, learned scalars and an Affine term rebuilt in the backward pass; gradcheck; what it
+    keeps is the streams and the affine input, not the product; under autocast it is the plain sum."""
+    from sympformer.nn.norm_sum import Affine, weighted_sum
+
+    _, (x, v, _), (beta, gain) = case()
+    g = torch.Generator().manual_seed(11)
+    a = torch.randn(2, 5, 24, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(6, 24, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(6, generator=g, dtype=torch.float64, requires_grad=True) if with_bias else None
+    inputs = [x, v, a, w, beta, gain] + ([b] if with_bias else [])
+    terms = [(beta, v), (gain, Affine(a, w, b)), (-0.5, x)]
+    fused = weighted_sum(*terms)
+    reference = beta * v + gain * torch.nn.functional.linear(a, w, b) - 0.5 * x
+    torch.testing.assert_close(fused, reference, rtol=0, atol=1e-14)
+    weights = torch.randn(2, 5, 6, generator=g, dtype=torch.float64)
+    got = torch.autograd.grad((fused * weights).sum(), inputs)
+    want = torch.autograd.grad((reference * weights).sum(), inputs)
+    for one, other in zip(got, want, strict=True):
+        torch.testing.assert_close(one, other, rtol=1e-12, atol=1e-13)
+    check = lambda v, a, beta: weighted_sum((beta, v), (0.3, Affine(a, w, b)))
+    assert torch.autograd.gradcheck(check, (v, a, beta))
+    kept = sum(saved_storages(lambda: weighted_sum((beta, v), (gain, Affine(a, w, b)))).values())
+    assert kept == (v.numel() + a.numel() + w.numel() + (6 if with_bias else 0) + 2) * 8  # no (2, 5, 6) product
+    v32, a32, w32 = v.float(), a.float(), w.float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = weighted_sum((beta.float(), v32), (gain.float(), Affine(a32, w32, None)))
+        plain_mixed = beta.float() * v32 + gain.float() * torch.nn.functional.linear(a32, w32)
+    assert torch.equal(mixed, plain_mixed)  # the product in bfloat16, as autocast runs it

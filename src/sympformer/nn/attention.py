@@ -293,12 +293,13 @@ class CausalSelfAttention(AttentionBase):
         y, k_avg, dk_avg, sw_avg = self.aggregate(q, k, [w, k, *self._direction_values(q, w, u)])
         return self.output(y, deferred), self._connection(q, k_avg, dk_avg, y, sw_avg, u)
 
-    def then_connection(self, z: Tensor, direction) -> tuple[Tensor, Tensor, Tensor]:
+    def then_connection(self, z: Tensor, direction, deferred: bool = False) -> tuple[Tensor | Affine, Tensor, Tensor]:
         """(F, u, C(z; u)) for a direction u = direction(F) that needs the attention output (R2):
-        one attention evaluation, a second SDPA call re-aggregates [dk, s·w] with the same softmax."""
+        one attention evaluation, a second SDPA call re-aggregates [dk, s·w] with the same softmax
+        (``deferred``: F as an Affine term, see :meth:`output`)."""
         q, k, w = self.project(z)
         y, k_avg = self.aggregate(q, k, [w, k])
-        out = self.output(y)
+        out = self.output(y, deferred)
         u = direction(out)
         dk_avg, sw_avg = self.aggregate(q, k, self._direction_values(q, w, u), new_softmax=False, slot="second")
         return out, u, self._connection(q, k_avg, dk_avg, y, sw_avg, u)

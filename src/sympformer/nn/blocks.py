@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from sympformer.nn.attention import CausalSelfAttention
 from sympformer.nn.layers import MLP, ConstrainedScalar, LayerNorm
 from sympformer.nn.linear_attention import PrefixLinearAttention
-from sympformer.nn.norm_sum import layer_norm_of_sum
+from sympformer.nn.norm_sum import Affine, layer_norm_of_sum, weighted_sum
 
 
 def make_attention(config) -> nn.Module:
@@ -88,9 +88,9 @@ class MomentumBlock(nn.Module):
         """g₁ = γ₁ + gain floor."""
         return self.gamma1() + self.gain_floor
 
-    def momentum(self, v: Tensor, attention_out: Tensor) -> Tensor:
-        """W = β₁ v + g₁ F."""
-        return self.beta1() * v + self.gain1() * attention_out
+    def momentum(self, v: Tensor, attention_out: Tensor | Affine) -> Tensor:
+        """W = β₁ v + g₁ F (F may be an Affine term: rebuilt in the backward pass, not kept)."""
+        return weighted_sum((self.beta1(), v), (self.gain1(), attention_out))
 
     def attention_half_step(self, x: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """(x_a − x, V_a): the position increment and the velocity after the attention half-step."""
@@ -153,7 +153,8 @@ class R2(MomentumBlock):
     connection = True
 
     def attention_half_step(self, x, v):
-        _, w, c = self.attn.then_connection(self.attention_base(x, v), lambda f: self.momentum(v, f))
+        # F is W's term only: deferred, it is rebuilt from the attention average in the backward pass
+        _, w, c = self.attn.then_connection(self.attention_base(x, v), lambda f: self.momentum(v, f), deferred=True)
         eta = self.strength()
         increment = layer_norm_of_sum(self.ln_v, (1, w), (-0.5 * eta, c))
         return increment, layer_norm_of_sum(self.ln_v, (1, w), (-eta, c))

@@ -356,9 +356,9 @@ class PrefixLinearAttention(AttentionBase):
         self._finish(z.shape[1])
         return out, connection
 
-    def then_connection(self, z: Tensor, direction) -> tuple[Tensor, Tensor, Tensor]:
+    def then_connection(self, z: Tensor, direction, deferred: bool = False) -> tuple[Tensor | Affine, Tensor, Tensor]:
         q, k, w = self.project(z)
-        out = self.output(self._attend(q, k, w))
+        out = self.output(self._attend(q, k, w), deferred)
         u = direction(out)
         connection = self._connection(q, k, u)
         self._finish(z.shape[1])

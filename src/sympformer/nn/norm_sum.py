@@ -75,53 +75,105 @@ def _streams(kinds: tuple[bool, ...], flat) -> list[Tensor]:
     return streams
 
 
+def _save_terms(ctx, kinds: tuple[bool, ...], coefficients, flat, *leading: Tensor | None) -> None:
+    """Save ``leading`` tensors, the tensor coefficients and the flat inputs of Σ c_k t_k (numbers on ctx)."""
+    ctx.float_coefficients = [None if isinstance(c, Tensor) else c for c in coefficients]
+    tensor_coefficients = [c for c in coefficients if isinstance(c, Tensor)]
+    ctx.save_for_backward(*leading, *tensor_coefficients, *flat)
+    ctx.kinds, ctx.n_leading, ctx.n_tensor_coefficients = kinds, len(leading), len(tensor_coefficients)
+
+
+def _saved_terms(ctx) -> tuple[list, list, tuple, list[Tensor]]:
+    """(leading tensors, coefficients, flat inputs, streams) as :func:`_save_terms` saved them."""
+    saved = ctx.saved_tensors
+    leading, rest = list(saved[: ctx.n_leading]), saved[ctx.n_leading :]
+    given = iter(rest[: ctx.n_tensor_coefficients])
+    coefficients = [next(given) if c is None else c for c in ctx.float_coefficients]
+    flat = rest[ctx.n_tensor_coefficients :]
+    return leading, coefficients, flat, _streams(ctx.kinds, flat)
+
+
 class _LayerNormOfSum(torch.autograd.Function):
     @staticmethod
     def forward(ctx, eps: float, weight, bias, kinds: tuple[bool, ...], *items):
         n = len(kinds)
         coefficients, flat = items[:n], items[n:]
-        streams = _streams(kinds, flat)
-        total = _weighted_sum(coefficients, streams)
-        shape = [total.shape[-1]]
-        out, mean, rstd = torch.native_layer_norm(total, shape, weight, bias, eps)
-        ctx.float_coefficients = [None if isinstance(c, Tensor) else c for c in coefficients]
-        tensor_coefficients = [c for c in coefficients if isinstance(c, Tensor)]
-        ctx.save_for_backward(weight, bias, mean, rstd, *tensor_coefficients, *flat)
-        ctx.kinds, ctx.n_tensor_coefficients, ctx.shape = kinds, len(tensor_coefficients), shape
+        total = _weighted_sum(coefficients, _streams(kinds, flat))
+        ctx.shape = [total.shape[-1]]
+        out, mean, rstd = torch.native_layer_norm(total, ctx.shape, weight, bias, eps)
+        _save_terms(ctx, kinds, coefficients, flat, weight, bias, mean, rstd)
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
-        weight, bias, mean, rstd, *rest = ctx.saved_tensors
-        given = iter(rest[: ctx.n_tensor_coefficients])
-        coefficients = [next(given) if c is None else c for c in ctx.float_coefficients]
-        flat = rest[ctx.n_tensor_coefficients :]
-        streams = _streams(ctx.kinds, flat)
+        (weight, bias, mean, rstd), coefficients, flat, streams = _saved_terms(ctx)
         total = _weighted_sum(coefficients, streams)
         needs = ctx.needs_input_grad
         grad_total, grad_weight, grad_bias = torch.ops.aten.native_layer_norm_backward(
             grad_out.contiguous(), total, ctx.shape, mean, rstd, weight, bias, [True, needs[1], needs[2]]
         )
-        n = len(ctx.kinds)
-        grad_coefficients = [
-            torch.dot(grad_total.flatten(), t.flatten()).to(c.dtype) if needs[4 + k] else None
-            for k, (c, t) in enumerate(zip(coefficients, streams, strict=True))
-        ]
-        grad_flat, at = [], 4 + n
-        for c, t, affine in zip(coefficients, streams, ctx.kinds, strict=True):
-            grad_t = grad_total if _is_one(c) else grad_total * c
-            if not affine:
-                grad_flat.append(grad_t.to(t.dtype) if needs[at] else None)
-                at += 1
-                continue
-            a, w, b = flat[len(grad_flat) : len(grad_flat) + 3]
-            rows = grad_t.reshape(-1, grad_t.shape[-1])
-            grad_flat.append(grad_t @ w if needs[at] else None)
-            grad_flat.append(rows.T @ a.reshape(-1, a.shape[-1]) if needs[at + 1] else None)
-            grad_flat.append(rows.sum(0) if b is not None and needs[at + 2] else None)
-            at += 3
+        grad_coefficients, grad_flat = _sum_gradients(grad_total, coefficients, streams, ctx.kinds, flat, needs[4:])
         return None, grad_weight, grad_bias, None, *grad_coefficients, *grad_flat
+
+
+def _sum_gradients(grad_total, coefficients, streams, kinds, flat, needs):
+    """The gradients of Σ c_k t_k's coefficients and flat inputs from that of the sum: ∂c_k = ⟨∂u, t_k⟩,
+    ∂t_k = c_k ∂u, and through an affine term's product (module docstring). ``needs``: one flag per
+    coefficient, then per flat input."""
+    n = len(kinds)
+    grad_coefficients = [
+        torch.dot(grad_total.flatten(), t.flatten()).to(c.dtype) if needs[k] else None
+        for k, (c, t) in enumerate(zip(coefficients, streams, strict=True))
+    ]
+    grad_flat, at = [], n
+    for c, t, affine in zip(coefficients, streams, kinds, strict=True):
+        grad_t = grad_total if _is_one(c) else grad_total * c
+        if not affine:
+            grad_flat.append(grad_t.to(t.dtype) if needs[at] else None)
+            at += 1
+            continue
+        a, w, b = flat[len(grad_flat) : len(grad_flat) + 3]
+        rows = grad_t.reshape(-1, grad_t.shape[-1])
+        grad_flat.append(grad_t @ w if needs[at] else None)
+        grad_flat.append(rows.T @ a.reshape(-1, a.shape[-1]) if needs[at + 1] else None)
+        grad_flat.append(rows.sum(0) if b is not None and needs[at + 2] else None)
+        at += 3
+    return grad_coefficients, grad_flat
+
+
+class _WeightedSum(torch.autograd.Function):
+    """Σ c_k t_k keeping only the streams (an affine term's input) and the tensor coefficients."""
+
+    @staticmethod
+    def forward(ctx, kinds: tuple[bool, ...], *items):
+        n = len(kinds)
+        coefficients, flat = items[:n], items[n:]
+        _save_terms(ctx, kinds, coefficients, flat)
+        return _weighted_sum(coefficients, _streams(kinds, flat))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_total):
+        _, coefficients, flat, streams = _saved_terms(ctx)
+        grads = _sum_gradients(grad_total, coefficients, streams, ctx.kinds, flat, ctx.needs_input_grad[1:])
+        return None, *grads[0], *grads[1]
+
+
+def weighted_sum(*terms: tuple[Coefficient, Tensor | Affine]) -> Tensor:
+    """Σ c_k t_k for terms (c_k, t_k), keeping only the streams (the inputs of :class:`Affine` ones) for
+    the backward pass, which rebuilds an affine term by its product: R2's momentum W = β₁ v + g₁ F with F
+    the attention output, so that F itself is not kept. Coefficients: 0-d tensors or numbers. Under
+    torch.compile or autocast, the plain sum."""
+    if torch.compiler.is_compiling() or any(
+        torch.is_autocast_enabled((t.input if isinstance(t, Affine) else t).device.type) for _, t in terms
+    ):
+        return sum(c * (t.value() if isinstance(t, Affine) else t) for c, t in terms)
+    coefficients = [c if isinstance(c, Tensor) else float(c) for c, _ in terms]
+    streams = [t for _, t in terms]
+    kinds = tuple(isinstance(t, Affine) for t in streams)
+    flat = [x for t in streams for x in (t if isinstance(t, Affine) else (t,))]
+    return _WeightedSum.apply(kinds, *coefficients, *flat)
 
 
 def layer_norm_of_sum(norm: nn.LayerNorm, *terms: tuple[Coefficient, Tensor | Affine]) -> Tensor:
