@@ -2,11 +2,16 @@
 with B:
 
 - `fused` (the default): every LayerNorm of a weighted sum is `layer_norm_of_sum` (the sum rebuilt
-  in the backward pass by a custom autograd Function), and the H1/R2 connection algebra is
-  checkpointed when its activations reach `sympformer.nn.recompute.MIN_ELEMENTS`;
+  in the backward pass by a custom autograd Function), R2's momentum W = β₁ v + g₁ F is `weighted_sum`
+  (F rebuilt), and the H1/R2 connection algebra is checkpointed when its activations reach
+  `sympformer.nn.recompute.MIN_ELEMENTS`;
 - `checkpoint`: the same LayerNorm sums recomputed by `torch.utils.checkpoint` regions instead (the
-  design before the fused function; the attention and MLP outputs kept), under the same threshold;
-- `plain`: an ordinary autograd graph, nothing rebuilt or recomputed.
+  design before the fused function; the attention and MLP outputs kept), W a plain sum, under the same
+  threshold;
+- `plain`: the blocks' algebra as an ordinary autograd graph, nothing rebuilt or recomputed.
+
+The attention's own choices (the connection's value groups formed again in the kernel's backward pass)
+are the same in every mode.
 
 For each: the training-step time and the bytes autograd keeps for the backward pass.
 
@@ -29,7 +34,13 @@ import sympformer.nn.v1_blocks as v1_blocks_module  # noqa: E402
 from sympformer.allocator import apply_allocator_choice  # noqa: E402
 from sympformer.benchmarking import interleaved_times, median, saved_storages, training_optimizer, write_section  # noqa: E402
 from sympformer.nn import SympFormerConfig, SympFormerLM  # noqa: E402
-from sympformer.nn.norm_sum import Affine, layer_norm_of_sum, plain_layer_norm_of_sum  # noqa: E402
+from sympformer.nn.norm_sum import (  # noqa: E402
+    Affine,
+    layer_norm_of_sum,
+    plain_layer_norm_of_sum,
+    plain_weighted_sum,
+    weighted_sum,
+)
 from sympformer.nn.recompute import recomputed  # noqa: E402
 from sympformer.utils import markdown_table  # noqa: E402
 
@@ -50,12 +61,14 @@ def in_mode(mode: str, fn):
     def run():
         for module in (blocks_module, v1_blocks_module):
             module.layer_norm_of_sum = norm_sum or plain_layer_norm_of_sum
+        blocks_module.weighted_sum = weighted_sum if mode == "fused" else plain_weighted_sum
         attention_module.recomputed = connection
         try:
             return fn()
         finally:
             for module in (blocks_module, v1_blocks_module):
                 module.layer_norm_of_sum = layer_norm_of_sum
+            blocks_module.weighted_sum = weighted_sum
             attention_module.recomputed = recomputed
 
     return run

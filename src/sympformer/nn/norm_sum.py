@@ -168,7 +168,7 @@ def weighted_sum(*terms: tuple[Coefficient, Tensor | Affine]) -> Tensor:
     if torch.compiler.is_compiling() or any(
         torch.is_autocast_enabled((t.input if isinstance(t, Affine) else t).device.type) for _, t in terms
     ):
-        return sum(c * (t.value() if isinstance(t, Affine) else t) for c, t in terms)
+        return plain_weighted_sum(*terms)
     coefficients = [c if isinstance(c, Tensor) else float(c) for c, _ in terms]
     streams = [t for _, t in terms]
     kinds = tuple(isinstance(t, Affine) for t in streams)
@@ -205,10 +205,16 @@ def layer_norm_of_sum(norm: nn.LayerNorm, *terms: tuple[Coefficient, Tensor | Af
     return _apply(norm, coefficients, [t if isinstance(t, Affine) else t.to(dtype) for t in streams])
 
 
+def plain_weighted_sum(*terms: tuple[Coefficient, Tensor | Affine]) -> Tensor:
+    """Σ c_k t_k as an ordinary autograd graph, which keeps every product (used under torch.compile and
+    autocast, and as the benchmarks' baseline)."""
+    return sum(c * (t.value() if isinstance(t, Affine) else t) for c, t in terms)
+
+
 def plain_layer_norm_of_sum(norm: nn.LayerNorm, *terms: tuple[Coefficient, Tensor | Affine]) -> Tensor:
     """The same value as an ordinary autograd graph, which keeps every product and the sum (used under
     torch.compile, and as the benchmarks' baseline)."""
-    return norm(sum(c * (t.value() if isinstance(t, Affine) else t) for c, t in terms))
+    return norm(plain_weighted_sum(*terms))
 
 
 def _apply(norm: nn.LayerNorm, coefficients: list, streams: list) -> Tensor:
