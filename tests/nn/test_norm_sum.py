@@ -146,11 +146,15 @@ def test_weighted_sums_take_one_operator_per_term_and_a_unit_first_pair_one():
 
 
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_weighted_sum_equals_the_plain_sum_and_keeps_no_affine_output(with_bias):
-    """weighted_sum (R2's momentum W = β₁ v + g₁ F): the plain sum's value and every gradient (float64),
-    with numbers, learned scalars and an Affine term rebuilt in the backward pass; gradcheck; what it
-    keeps is the streams and the affine input, not the product; under autocast it is the plain sum."""
-    from sympformer.nn.norm_sum import Affine, weighted_sum
+def test_weighted_sum_equals_the_plain_sum_and_keeps_no_affine_output(with_bias, monkeypatch):
+    """weighted_sum (R2's momentum W = β₁ v + g₁ F) with large activations: the plain sum's value and
+    every gradient (float64), with numbers, learned scalars and an Affine term rebuilt in the backward
+    pass; gradcheck; what it keeps is the streams and the affine input, not the product. Under autocast,
+    and below the size threshold, it is the plain sum (which keeps the product)."""
+    import sympformer.nn.recompute as recompute_module
+    from sympformer.nn.norm_sum import Affine, plain_weighted_sum, weighted_sum
+
+    monkeypatch.setattr(recompute_module, "MIN_ELEMENTS", 0)  # these tiny tensors count as large
 
     _, (x, v, _), (beta, gain) = case()
     g = torch.Generator().manual_seed(11)
@@ -176,3 +180,8 @@ def test_weighted_sum_equals_the_plain_sum_and_keeps_no_affine_output(with_bias)
         mixed = weighted_sum((beta.float(), v32), (gain.float(), Affine(a32, w32, None)))
         plain_mixed = beta.float() * v32 + gain.float() * torch.nn.functional.linear(a32, w32)
     assert torch.equal(mixed, plain_mixed)  # the product in bfloat16, as autocast runs it
+    monkeypatch.setattr(recompute_module, "MIN_ELEMENTS", v.numel() + 1)
+    small = saved_storages(lambda: weighted_sum((beta, v), (gain, Affine(a, w, b))))
+    plain_graph = saved_storages(lambda: plain_weighted_sum((beta, v), (gain, Affine(a, w, b))))
+    assert sorted(small.values()) == sorted(plain_graph.values())  # the plain graph, product F kept
+    assert sum(small.values()) > kept

@@ -31,6 +31,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from sympformer.nn import recompute
+
 Coefficient = Tensor | float
 
 
@@ -163,10 +165,17 @@ class _WeightedSum(torch.autograd.Function):
 def weighted_sum(*terms: tuple[Coefficient, Tensor | Affine]) -> Tensor:
     """Σ c_k t_k for terms (c_k, t_k), keeping only the streams (the inputs of :class:`Affine` ones) for
     the backward pass, which rebuilds an affine term by its product: R2's momentum W = β₁ v + g₁ F with F
-    the attention output, so that F itself is not kept. Coefficients: 0-d tensors or numbers. Under
-    torch.compile or autocast, the plain sum."""
-    if torch.compiler.is_compiling() or any(
-        torch.is_autocast_enabled((t.input if isinstance(t, Affine) else t).device.type) for _, t in terms
+    the attention output, so that F itself is not kept. Coefficients: 0-d tensors or numbers.
+
+    The plain sum under torch.compile or autocast, and for small activations (below
+    :data:`recompute.MIN_ELEMENTS` in a stream, as the connection's recomputation): there a (B, T, C)
+    tensor is a few hundred KiB and the Function's fixed cost is what would show (R2's primary step
+    +0.6 % and +1.8 % with it, interleaved one-off runs)."""
+    streams = [t.input if isinstance(t, Affine) else t for _, t in terms]
+    if (
+        torch.compiler.is_compiling()
+        or any(torch.is_autocast_enabled(t.device.type) for t in streams)
+        or streams[0].numel() < recompute.MIN_ELEMENTS
     ):
         return plain_weighted_sum(*terms)
     coefficients = [c if isinstance(c, Tensor) else float(c) for c, _ in terms]
