@@ -16,6 +16,8 @@ come from here (∂a = ∂t W, ∂W = ∂tᵀ a, ∂b = Σ ∂t). H0 and Y pass 
 so (a C × C product); the MLP output is kept, since rebuilding it (a 4C × C product) made H0's step
 8 % slower at the attention-heavy shape (1.055 → 1.143× B in one process).
 
+:func:`weighted_sum` is the same without the LayerNorm (R2's momentum W = β₁ v + g₁ F, F affine).
+
 It replaces activation checkpointing of the same algebra (torch.utils.checkpoint), whose fixed cost
 per region (a frame, saved-tensor hooks, a second forward through autograd) showed most at the v1
 shape: v1_fe 1.255–1.318 → 1.222–1.235× B over two runs (benchmarks/momentum_algebra.py).
@@ -171,11 +173,11 @@ def weighted_sum(*terms: tuple[Coefficient, Tensor | Affine]) -> Tensor:
     :data:`recompute.MIN_ELEMENTS` in a stream, as the connection's recomputation): there a (B, T, C)
     tensor is a few hundred KiB and the Function's fixed cost is what would show (R2's primary step
     +0.6 % and +1.8 % with it, interleaved one-off runs)."""
-    streams = [t.input if isinstance(t, Affine) else t for _, t in terms]
+    inputs = [t.input if isinstance(t, Affine) else t for _, t in terms]
     if (
         torch.compiler.is_compiling()
-        or any(torch.is_autocast_enabled(t.device.type) for t in streams)
-        or streams[0].numel() < recompute.MIN_ELEMENTS
+        or any(torch.is_autocast_enabled(x.device.type) for x in inputs)
+        or inputs[0].numel() < recompute.MIN_ELEMENTS
     ):
         return plain_weighted_sum(*terms)
     coefficients = [c if isinstance(c, Tensor) else float(c) for c, _ in terms]
