@@ -55,7 +55,8 @@ def piece_width(piece: Piece) -> int:
     return piece.width if isinstance(piece, Rebuilt) else piece.shape[-1]
 
 
-def _formed(pieces: Sequence[Piece]) -> list[Tensor]:
+def formed(pieces: Sequence[Piece]) -> list[Tensor]:
+    """The pieces as tensors (a :class:`Rebuilt` one formed)."""
     return [p.form() if isinstance(p, Rebuilt) else p for p in pieces]
 
 
@@ -288,7 +289,7 @@ def softmax_average_of(
     may be :class:`Rebuilt`."""
     if _cpu_flash_applies(q, k, mask, dropout_p):
         return _cpu_flash(q, k, pieces, scale, causal)[0]
-    pieces = _formed(pieces)
+    pieces = formed(pieces)
     rows = _query_rows_per_call(q, k, mask, causal, dropout_p)
     if rows < q.shape[-2]:  # no fused kernel for the dtype: keep each call's score matrix within budget
         chunks = [softmax_average_of(q_c, k, pieces, scale=scale) for q_c in q.split(rows, dim=-2)]

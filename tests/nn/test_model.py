@@ -181,7 +181,7 @@ def test_direction_values_are_formed_again_not_kept_with_large_activations(monke
     again in the kernel's backward pass: what the connection keeps is two (B, T, C) tensors and s = ‖u‖²
     fewer than with the groups formed in the forward pass and kept (H1's one call and R2's second one)."""
     import sympformer.nn.recompute as recompute_module
-    from sympformer.softmax_ops import Rebuilt
+    from sympformer.softmax_ops import formed
 
     monkeypatch.setattr(recompute_module, "MIN_ELEMENTS", 0)
     torch.manual_seed(0)
@@ -190,11 +190,9 @@ def test_direction_values_are_formed_again_not_kept_with_large_activations(monke
     run = lambda: attn.then_connection(z, lambda f: v + f) if second_pass else attn.with_connection(z, v)
     rebuilt = sum(saved_storages(run).values())
     recipes = attn._direction_values
-    monkeypatch.setattr(
-        attn, "_direction_values", lambda *a: [p.form() if isinstance(p, Rebuilt) else p for p in recipes(*a)]
-    )
-    formed = sum(saved_storages(run).values())
-    assert formed - rebuilt == (2 * z.numel() + z[..., 0].numel()) * 4
+    monkeypatch.setattr(attn, "_direction_values", lambda *a: formed(recipes(*a)))
+    kept_formed = sum(saved_storages(run).values())
+    assert kept_formed - rebuilt == (2 * z.numel() + z[..., 0].numel()) * 4
 
 
 def test_one_call_per_value_group_holds_no_padded_copies(monkeypatch):

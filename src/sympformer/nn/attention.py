@@ -38,6 +38,7 @@ from sympformer.nn.recompute import recomputed
 from sympformer.softmax_ops import (
     Piece,
     Rebuilt,
+    formed,
     kernel_log_normaliser,
     piece_width,
     softmax_average,
@@ -181,8 +182,7 @@ class CausalSelfAttention(AttentionBase):
         names the group in the generation cache."""
         widths = [piece_width(v) for v in values]
         if self.cache is not None:
-            formed = [v.form() if isinstance(v, Rebuilt) else v for v in values]
-            return self._aggregate_cached(q, k, torch.cat(formed, -1), widths, new_softmax, slot)
+            return self._aggregate_cached(q, k, torch.cat(formed(values), -1), widths, new_softmax, slot)
         dropout = self.dropout if self.training else 0.0
         self.count(evaluations=int(new_softmax))
         if _per_group(q, widths, dropout):
