@@ -3,11 +3,12 @@ with B:
 
 - `fused` (the default): every LayerNorm of a weighted sum is `layer_norm_of_sum` (the sum rebuilt
   in the backward pass by a custom autograd Function), R2's momentum W = β₁ v + g₁ F is `weighted_sum`
-  (F rebuilt), and the H1/R2 connection algebra is checkpointed when its activations reach
-  `sympformer.nn.recompute.MIN_ELEMENTS`;
+  (F rebuilt), and when activations reach `sympformer.nn.recompute.MIN_ELEMENTS` the H1/R2 connection
+  algebra is checkpointed and R2's V_a and increment reach LN_M and LN_v as streams normalised again
+  from W and C (`rebuilt_layer_norm_of_sum`);
 - `checkpoint`: the same LayerNorm sums recomputed by `torch.utils.checkpoint` regions instead (the
-  design before the fused function; the attention and MLP outputs kept), W a plain sum, under the same
-  threshold;
+  design before the fused function; the attention and MLP outputs kept), W a plain sum, R2's V_a and
+  increment kept, under the same threshold;
 - `plain`: the blocks' algebra as an ordinary autograd graph, nothing rebuilt or recomputed.
 
 The attention's own choices (the connection's value groups formed again in the kernel's backward pass)
@@ -35,10 +36,11 @@ from sympformer.allocator import apply_allocator_choice  # noqa: E402
 from sympformer.benchmarking import interleaved_times, median, saved_storages, training_optimizer, write_section  # noqa: E402
 from sympformer.nn import SympFormerConfig, SympFormerLM  # noqa: E402
 from sympformer.nn.norm_sum import (  # noqa: E402
-    Affine,
     layer_norm_of_sum,
     plain_layer_norm_of_sum,
     plain_weighted_sum,
+    rebuilt_layer_norm_of_sum,
+    stream_value,
     weighted_sum,
 )
 from sympformer.nn.recompute import recomputed  # noqa: E402
@@ -49,7 +51,7 @@ MODES = ("fused", "checkpoint", "plain")
 
 
 def checkpointed_layer_norm_of_sum(norm, *terms):
-    coefficients, streams = [c for c, _ in terms], [t.value() if isinstance(t, Affine) else t for _, t in terms]
+    coefficients, streams = [c for c, _ in terms], [stream_value(t) for _, t in terms]
     return recomputed(lambda *ts: norm(sum(c * t for c, t in zip(coefficients, ts, strict=True))), *streams)
 
 
@@ -62,6 +64,9 @@ def in_mode(mode: str, fn):
         for module in (blocks_module, v1_blocks_module):
             module.layer_norm_of_sum = norm_sum or plain_layer_norm_of_sum
         blocks_module.weighted_sum = weighted_sum if mode == "fused" else plain_weighted_sum
+        blocks_module.rebuilt_layer_norm_of_sum = (
+            rebuilt_layer_norm_of_sum if mode == "fused" else blocks_module.layer_norm_of_sum
+        )
         attention_module.recomputed = connection
         try:
             return fn()
@@ -69,6 +74,7 @@ def in_mode(mode: str, fn):
             for module in (blocks_module, v1_blocks_module):
                 module.layer_norm_of_sum = layer_norm_of_sum
             blocks_module.weighted_sum = weighted_sum
+            blocks_module.rebuilt_layer_norm_of_sum = rebuilt_layer_norm_of_sum
             attention_module.recomputed = recomputed
 
     return run

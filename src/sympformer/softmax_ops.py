@@ -17,13 +17,17 @@ underflows at any scale of the scores.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
+
+from sympformer.rebuilt import Piece, Rebuilt, formed, piece_width  # noqa: F401 (re-exported)
+from sympformer.rebuilt import flattened as _flattened
+from sympformer.rebuilt import pieces_of as _pieces_of
+from sympformer.rebuilt import through_recipes as _through_recipes
 
 
 def _pad_width(t: Tensor, width: int) -> Tensor:
@@ -31,91 +35,6 @@ def _pad_width(t: Tensor, width: int) -> Tensor:
 
 
 _CPU_FLASH_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
-
-
-@dataclass(frozen=True)
-class Rebuilt:
-    """A value piece given by the recipe that forms it, ``fn(*inputs)``, of last dimension ``width``. On
-    the CPU flash path the piece is formed in the forward pass and again in the backward pass, and only
-    its inputs are kept for it (worth it where they are kept anyway: H1/R2's dk = W_K u and s·w from the
-    velocity u and the values w); elsewhere it is formed once, like any piece."""
-
-    fn: Callable[..., Tensor]
-    inputs: tuple[Tensor, ...]
-    width: int
-
-    def form(self) -> Tensor:
-        return self.fn(*self.inputs)
-
-
-Piece = Tensor | Rebuilt
-
-
-def piece_width(piece: Piece) -> int:
-    return piece.width if isinstance(piece, Rebuilt) else piece.shape[-1]
-
-
-def formed(pieces: Sequence[Piece]) -> list[Tensor]:
-    """The pieces as tensors (a :class:`Rebuilt` one formed)."""
-    return [p.form() if isinstance(p, Rebuilt) else p for p in pieces]
-
-
-def _flattened(pieces: Sequence[Piece], as_input: Callable[[Tensor], Tensor]) -> tuple[tuple, list[Tensor]]:
-    """(recipes, tensors) for :class:`_CPUFlashAverage`: one recipe per piece, None for a tensor (one entry
-    of ``tensors``, passed through ``as_input``) or (fn, number of inputs) for a :class:`Rebuilt` piece
-    (its inputs, and fn followed by ``as_input``)."""
-    recipes, tensors = [], []
-    for piece in pieces:
-        if isinstance(piece, Rebuilt):
-            recipes.append((lambda *xs, fn=piece.fn: as_input(fn(*xs)), len(piece.inputs)))
-            tensors.extend(piece.inputs)
-        else:
-            recipes.append(None)
-            tensors.append(as_input(piece))
-    return tuple(recipes), tensors
-
-
-def _pieces_of(recipes: tuple, tensors: Sequence[Tensor], needs_grad: Sequence[bool] = ()) -> tuple[list, list]:
-    """(pieces, graphs) from :func:`_flattened`'s recipes and tensors: the rebuilt pieces formed again.
-    Where ``needs_grad`` (one flag per tensor; the backward pass) asks for a rebuilt piece's input
-    gradients, the piece is formed under autograd from detached inputs, and its graph entry is (the
-    piece, those inputs) for :func:`_through_recipes`; otherwise the entry is None."""
-    pieces, graphs, at = [], [], 0
-    for recipe in recipes:
-        count = 1 if recipe is None else recipe[1]
-        inputs, needs = tensors[at : at + count], list(needs_grad[at : at + count]) or [False] * count
-        at += count
-        if recipe is None:
-            pieces.append(inputs[0])
-            graphs.append(None)
-        elif any(needs):
-            with torch.enable_grad():
-                leaves = [x.detach().requires_grad_(need) for x, need in zip(inputs, needs, strict=True)]
-                piece = recipe[0](*leaves)
-            pieces.append(piece.detach())
-            graphs.append((piece, leaves))
-        else:
-            pieces.append(recipe[0](*inputs))
-            graphs.append(None)
-    return pieces, graphs
-
-
-def _through_recipes(recipes: tuple, graphs: list, grad_pieces) -> list[Tensor | None]:
-    """The gradients of :func:`_flattened`'s tensors from those of the pieces: a plain piece's is its own,
-    a rebuilt piece's inputs' come through its graph from :func:`_pieces_of` (None where not needed)."""
-    grads = []
-    for recipe, graph, grad in zip(recipes, graphs, grad_pieces, strict=True):
-        if recipe is None:
-            grads.append(grad)
-            continue
-        found = [None] * recipe[1]
-        if graph is not None and grad is not None:
-            piece, leaves = graph
-            wanted = [i for i, leaf in enumerate(leaves) if leaf.requires_grad]
-            for i, g in zip(wanted, torch.autograd.grad(piece, [leaves[i] for i in wanted], grad), strict=True):
-                found[i] = g
-        grads.extend(found)
-    return grads
 
 
 # |dO_i|² below this takes the extra column: above it dO_i / |dO_i|² ≤ 1e15 and the squared norm sits far

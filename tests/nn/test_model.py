@@ -327,8 +327,9 @@ def assert_matches_plain(ours, plain):
 @pytest.mark.parametrize("arch", ["Y", "H0", "H1", "R2", "H1_LA", "R2_LA", "H1_L", "R2_L", "v1_pe"])
 def test_rebuilt_algebra_matches_the_plain_graph_and_saves_memory(monkeypatch, arch):
     """The LayerNorms of weighted sums (sums rebuilt in the backward pass), R2's momentum W = β₁ v + g₁ F
-    (F rebuilt) and the connection algebra (recomputed) give the plain graph's logits and gradients
-    (float64: to rounding), and autograd keeps less."""
+    (F rebuilt), R2's V_a and increment (normalised again from W and C in the backward passes of LN_M and
+    LN_v) and the connection algebra (recomputed) give the plain graph's logits and gradients (float64: to
+    rounding), and autograd keeps less."""
     import sympformer.nn.attention as attention_module
     import sympformer.nn.blocks as blocks_module
     import sympformer.nn.recompute as recompute_module
@@ -340,12 +341,14 @@ def test_rebuilt_algebra_matches_the_plain_graph_and_saves_memory(monkeypatch, a
     rebuilding = saved_bytes(tiny_model(arch), idx)
     monkeypatch.setattr(attention_module, "recomputed", lambda fn, *inputs: fn(*inputs))
     monkeypatch.setattr(blocks_module, "weighted_sum", reference_weighted_sum)
+    monkeypatch.setattr(blocks_module, "rebuilt_layer_norm_of_sum", reference_layer_norm_of_sum)
     for module in (blocks_module, v1_blocks_module):
         monkeypatch.setattr(module, "layer_norm_of_sum", reference_layer_norm_of_sum)
     assert_matches_plain((logits, grads), outputs_and_grads(tiny_model(arch), idx))
     stream = idx.numel() * TINY["n_embd"] * 8  # one (B, T, C) float64 tensor
-    # v1: LN_M's input x⁺ is kept instead of x⁺ + μ v; R2: W's term F (rebuilt from the attention average)
-    per_layer = 1 if arch.startswith("v1") else 3 if arch.startswith("R2") else 2
+    # v1: LN_M's input x⁺ is kept instead of x⁺ + μ v; R2: W's term F (rebuilt from the attention average),
+    # V_a and the increment (LN_M and LN_v form them again from W and C)
+    per_layer = 1 if arch.startswith("v1") else 5 if arch.startswith("R2") else 2
     scalars = 8 * 8 * TINY["n_layer"]  # a few 0-d coefficients kept instead (the merged 1 + μ₂, …)
     assert saved_bytes(tiny_model(arch), idx) - rebuilding >= per_layer * stream * TINY["n_layer"] - scalars
 

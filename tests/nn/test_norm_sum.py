@@ -185,3 +185,48 @@ def test_weighted_sum_equals_the_plain_sum_and_keeps_no_affine_output(with_bias,
     plain_graph = saved_storages(lambda: plain_weighted_sum((beta, v), (gain, Affine(a, w, b))))
     assert sorted(small.values()) == sorted(plain_graph.values())  # the plain graph, product F kept
     assert sum(small.values()) > kept
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_rebuilt_streams_equal_the_plain_graph_and_are_not_kept(bias):
+    """A LayerNorm output given as a rebuilt stream (R2's V_a = LN_v(W − η C) in LN_M and the next LN_v):
+    the plain graph's value and every gradient (float64), through the inner LayerNorm to its streams,
+    learned coefficient and parameters; gradcheck; the outer LayerNorm keeps the recipe, not the (2, 5, 6)
+    value, and forms the value again, bitwise, in its backward pass. Hooks it is nested in (here the
+    accounting's) see every other tensor it saves."""
+    from sympformer.nn.norm_sum import rebuilt_layer_norm_of_sum, stream_value
+
+    norm, (x, w, c), (eta, mu) = case(bias=bias)
+    inner, *_ = case(bias=bias, seed=3)  # the inner LayerNorm (LN_v), its own parameters
+    inputs = [x, w, c, eta, mu, *norm.parameters(), *inner.parameters()]
+    weights = torch.randn(2, 5, 6, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    rebuilt = rebuilt_layer_norm_of_sum(inner, (1, w), (-eta, c))
+    normalised = plain(inner, (1, w), (-eta, c))
+    torch.testing.assert_close(stream_value(rebuilt), normalised, rtol=0, atol=1e-14)
+    outer = layer_norm_of_sum(norm, (1, x), (mu, rebuilt))
+    reference = plain(norm, (1, x), (mu, normalised))
+    torch.testing.assert_close(outer, reference, rtol=0, atol=1e-14)
+    got = torch.autograd.grad((outer * weights).sum(), inputs)
+    want = torch.autograd.grad((reference * weights).sum(), inputs)
+    for one, other in zip(got, want, strict=True):
+        torch.testing.assert_close(one, other, rtol=1e-12, atol=1e-13)
+    check = lambda x, w, c, eta: layer_norm_of_sum(
+        norm, (1, x), (0.8, rebuilt_layer_norm_of_sum(inner, (1, w), (eta, c)))
+    )
+    assert torch.autograd.gradcheck(check, (x, w, c, eta))
+
+    norm32, inner32 = norm.float(), inner.float()
+    x32, w32, c32 = (t.detach().float() for t in (x, w, c))
+    seen = []
+
+    def outer32():
+        rebuilt32 = rebuilt_layer_norm_of_sum(inner32, (1, w32), (-0.5, c32))
+        seen.extend([rebuilt32, layer_norm_of_sum(norm32, (1, x32), (0.9, rebuilt32))])
+
+    kept = saved_storages(outer32)
+    parameters = sum(p.numel() for p in (*norm32.parameters(), *inner32.parameters())) * 4
+    # x, w and c (the inner LayerNorm's), both LayerNorms' means, rstds and parameters: not the value
+    assert sum(kept.values()) == 3 * x32.numel() * 4 + 4 * 10 * 4 + parameters
+    rebuilt32, out = seen
+    assert stream_value(rebuilt32).data_ptr() not in kept
+    assert torch.equal(out, layer_norm_of_sum(norm32, (1, x32), (0.9, stream_value(rebuilt32))))

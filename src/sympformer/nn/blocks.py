@@ -17,12 +17,21 @@ intermediate sum.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
+from sympformer.nn import recompute
 from sympformer.nn.attention import CausalSelfAttention
 from sympformer.nn.layers import MLP, ConstrainedScalar, LayerNorm
 from sympformer.nn.linear_attention import PrefixLinearAttention
-from sympformer.nn.norm_sum import Affine, layer_norm_of_sum, weighted_sum
+from sympformer.nn.norm_sum import (
+    Affine,
+    Stream,
+    layer_norm_of_sum,
+    rebuilt_layer_norm_of_sum,
+    stream_value,
+    weighted_sum,
+)
 
 
 def make_attention(config) -> nn.Module:
@@ -60,6 +69,7 @@ class MomentumBlock(nn.Module):
         super().__init__()
         n, bias = config.n_embd, config.bias
         self.gain_floor = config.gain_floor
+        self.checkpointed = config.activation_checkpointing  # the whole block is recomputed in the backward pass
         self.ln_a = LayerNorm(n, bias)
         self.attn = make_attention(config)
         self.ln_m = LayerNorm(n, bias)
@@ -92,8 +102,9 @@ class MomentumBlock(nn.Module):
         """W = β₁ v + g₁ F (F may be an Affine term: rebuilt in the backward pass, not kept)."""
         return weighted_sum((self.beta1(), v), (self.gain1(), attention_out))
 
-    def attention_half_step(self, x: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """(x_a − x, V_a): the position increment and the velocity after the attention half-step."""
+    def attention_half_step(self, x: Tensor, v: Tensor) -> tuple[Stream, Stream]:
+        """(x_a − x, V_a): the position increment and the velocity after the attention half-step (tensors,
+        or streams that the LayerNorms below rebuild instead of keeping)."""
         raise NotImplementedError
 
     def forward(self, x: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
@@ -103,7 +114,7 @@ class MomentumBlock(nn.Module):
         base = layer_norm_of_sum(self.ln_m, (1, x), (1, increment), (self.mu2(), v_a))
         f = self.mlp(base)
         v_new = layer_norm_of_sum(self.ln_v, (self.beta2(), v_a), (self.gamma2() + self.gain_floor, f))
-        return x + increment + v_new, v_new
+        return x + stream_value(increment) + v_new, v_new
 
 
 class H0(MomentumBlock):
@@ -148,6 +159,11 @@ class R2(MomentumBlock):
 
     z = LN_A(x);   F = Attn(z);   W = β₁ v + g₁ F;   C = C(z; W)   (same softmax, one more SDPA pass)
     V_a = LN_v(W − η C);   x_a = x + LN_v(W − ½ η C);   then the MLP half-step
+
+    With large activations under autograd (eager, outside autocast, blocks not checkpointed), V_a and the
+    increment reach LN_M and the MLP half-step's LN_v as :class:`Rebuilt` streams: those keep their recipe
+    (W and C, kept anyway) and normalise W and C again when their backward passes read them, instead of
+    keeping two (B, T, C) tensors a layer, which R2 had beyond H1 (whose increment is V_a).
     """
 
     connection = True
@@ -156,8 +172,16 @@ class R2(MomentumBlock):
         # F is W's term only: deferred, it is rebuilt from the attention average in the backward pass
         _, w, c = self.attn.then_connection(self.attention_base(x, v), lambda f: self.momentum(v, f), deferred=True)
         eta = self.strength()
-        increment = layer_norm_of_sum(self.ln_v, (1, w), (-0.5 * eta, c))
-        return increment, layer_norm_of_sum(self.ln_v, (1, w), (-eta, c))
+        rebuild = (  # large activations, eager, outside autocast (the recipe runs in the backward pass),
+            # and a block that is not recomputed as a whole (there the recipe would keep W and C alive)
+            torch.is_grad_enabled()
+            and not self.checkpointed
+            and w.numel() >= recompute.MIN_ELEMENTS
+            and not torch.compiler.is_compiling()
+            and not torch.is_autocast_enabled(w.device.type)
+        )
+        normalised = rebuilt_layer_norm_of_sum if rebuild else layer_norm_of_sum
+        return normalised(self.ln_v, (1, w), (-0.5 * eta, c)), normalised(self.ln_v, (1, w), (-eta, c))
 
 
 class H1_LA(H1):

@@ -18,6 +18,13 @@ so (a C × C product); the MLP output is kept, since rebuilding it (a 4C × C pr
 
 :func:`weighted_sum` is the same without the LayerNorm (R2's momentum W = β₁ v + g₁ F, F affine).
 
+A stream of :func:`layer_norm_of_sum` may also be a :class:`Rebuilt` one, from
+:func:`rebuilt_layer_norm_of_sum`: a LayerNorm output LN'(Σ c'_j s_j) whose streams s_j are kept anyway.
+Its value enters the sum as any stream (its gradient flows through its own graph), but where the value
+would be kept, saved-tensor hooks keep the recipe, and the backward pass normalises the s_j again (no
+graph: one LayerNorm pass). R2 passes V_a = LN_v(W − η C) and its increment LN_v(W − ½ η C) so to LN_M and
+the next LN_v, which would keep them: two (B, T, C) tensors a layer (heavy shape: 249.6 → 233.6 MiB).
+
 It replaces activation checkpointing of the same algebra (torch.utils.checkpoint), whose fixed cost
 per region (a frame, saved-tensor hooks, a second forward through autograd) showed most at the v1
 shape: v1_fe 1.255–1.318 → 1.222–1.235× B over two runs (benchmarks/momentum_algebra.py).
@@ -34,6 +41,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from sympformer.nn import recompute
+from sympformer.rebuilt import Rebuilt
 
 Coefficient = Tensor | float
 
@@ -47,6 +55,48 @@ class Affine(NamedTuple):
 
     def value(self) -> Tensor:
         return F.linear(self.input, self.weight, self.bias)
+
+
+Stream = Tensor | Affine | Rebuilt
+
+
+def stream_value(t: Stream) -> Tensor:
+    """The stream as a tensor (an affine one by its product, a rebuilt one's value)."""
+    return t.value() if isinstance(t, Affine) else t.form() if isinstance(t, Rebuilt) else t
+
+
+def _kept_as_recipes(rebuilt: list[Rebuilt]):
+    """Saved-tensor hooks under which an operation that saves a rebuilt stream's value keeps its recipe
+    instead, and forms the value again (no graph) when its backward pass reads it. Every other saved
+    tensor goes to the hooks these are nested in, if any (activation checkpointing, the benchmarks'
+    accounting): PyTorch applies only the innermost pair."""
+
+    outer = torch._C._autograd._top_saved_tensors_default_hooks(False)  # (pack, unpack) around these, or None
+    # by address and layout, not the values: autograd keeps the hooks with what they saved
+    recipes = {_layout(r.value): _Recipe(r.fn, r.inputs) for r in rebuilt}
+
+    def pack(t: Tensor):
+        recipe = recipes.get(_layout(t))
+        if recipe is not None:
+            return recipe
+        return t if outer is None else (outer[1], outer[0](t))
+
+    def unpack(saved):
+        if isinstance(saved, _Recipe):
+            with torch.no_grad():
+                return saved.fn(*saved.inputs)
+        return saved if outer is None else saved[0](saved[1])
+
+    return torch.autograd.graph.saved_tensors_hooks(pack, unpack)
+
+
+class _Recipe(NamedTuple):
+    fn: object
+    inputs: tuple
+
+
+def _layout(t: Tensor) -> tuple:
+    return t.data_ptr(), t.dtype, tuple(t.shape), t.stride()
 
 
 def _is_one(c: Coefficient) -> bool:
@@ -187,10 +237,10 @@ def weighted_sum(*terms: tuple[Coefficient, Tensor | Affine]) -> Tensor:
     return _WeightedSum.apply(kinds, *coefficients, *flat)
 
 
-def layer_norm_of_sum(norm: nn.LayerNorm, *terms: tuple[Coefficient, Tensor | Affine]) -> Tensor:
+def layer_norm_of_sum(norm: nn.LayerNorm, *terms: tuple[Coefficient, Stream]) -> Tensor:
     """``norm(Σ c_k t_k)`` for terms (c_k, t_k), keeping only the streams t_k (the inputs of
-    :class:`Affine` ones) and the row statistics for the backward pass (module docstring).
-    Coefficients: 0-d tensors (learned scalars) or numbers."""
+    :class:`Affine` ones, the recipe of :class:`Rebuilt` ones) and the row statistics for the backward
+    pass (module docstring). Coefficients: 0-d tensors (learned scalars) or numbers."""
     if torch.compiler.is_compiling():  # inductor fuses the sum into the LayerNorm and chooses what to recompute
         return plain_layer_norm_of_sum(norm, *terms)
     coefficients, streams = [], []
@@ -202,6 +252,11 @@ def layer_norm_of_sum(norm: nn.LayerNorm, *terms: tuple[Coefficient, Tensor | Af
         else:
             coefficients.append(c)
             streams.append(t)
+    rebuilt = [t for t in streams if isinstance(t, Rebuilt)]
+    if rebuilt:
+        streams = [t.form() if isinstance(t, Rebuilt) else t for t in streams]
+        with _kept_as_recipes(rebuilt):
+            return layer_norm_of_sum(norm, *zip(coefficients, streams, strict=True))
     device = (streams[0].input if isinstance(streams[0], Affine) else streams[0]).device.type
     if torch.is_autocast_enabled(device):  # autocast runs layer_norm in float32: so does this
         # (affine terms as ordinary products, in the autocast dtype)
@@ -216,13 +271,24 @@ def layer_norm_of_sum(norm: nn.LayerNorm, *terms: tuple[Coefficient, Tensor | Af
     return _apply(norm, coefficients, [t if isinstance(t, Affine) else t.to(dtype) for t in streams])
 
 
-def plain_weighted_sum(*terms: tuple[Coefficient, Tensor | Affine]) -> Tensor:
+def rebuilt_layer_norm_of_sum(norm: nn.LayerNorm, *terms: tuple[Coefficient, Tensor]) -> Rebuilt:
+    """``norm(Σ c_k t_k)`` (:func:`layer_norm_of_sum`, its gradient as usual) as a :class:`Rebuilt`
+    stream for the LayerNorms of further sums: where those would keep it for their backward passes, they
+    keep the recipe and normalise the streams again when they read it (values only, no graph: one
+    LayerNorm pass). For a LayerNorm output whose streams are kept anyway: R2's V_a = LN_v(W − η C) and
+    increment, from W and C, which LN_M and the next LN_v would keep (two (B, T, C) tensors a layer). The
+    recipe holds the streams, coefficients and the norm's parameters themselves: they must not be
+    changed in place before the backward pass (autograd would not notice)."""
+    return Rebuilt(lambda: layer_norm_of_sum(norm, *terms), (), value=layer_norm_of_sum(norm, *terms))
+
+
+def plain_weighted_sum(*terms: tuple[Coefficient, Stream]) -> Tensor:
     """Σ c_k t_k as an ordinary autograd graph, which keeps every product (used under torch.compile and
     autocast, and as the benchmarks' baseline)."""
-    return sum(c * (t.value() if isinstance(t, Affine) else t) for c, t in terms)
+    return sum(c * stream_value(t) for c, t in terms)
 
 
-def plain_layer_norm_of_sum(norm: nn.LayerNorm, *terms: tuple[Coefficient, Tensor | Affine]) -> Tensor:
+def plain_layer_norm_of_sum(norm: nn.LayerNorm, *terms: tuple[Coefficient, Stream]) -> Tensor:
     """The same value as an ordinary autograd graph, which keeps every product and the sum (used under
     torch.compile, and as the benchmarks' baseline)."""
     return norm(plain_weighted_sum(*terms))
