@@ -17,7 +17,6 @@ intermediate sum.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from sympformer.nn import recompute
@@ -69,7 +68,6 @@ class MomentumBlock(nn.Module):
         super().__init__()
         n, bias = config.n_embd, config.bias
         self.gain_floor = config.gain_floor
-        self.checkpointed = config.activation_checkpointing  # the whole block is recomputed in the backward pass
         self.ln_a = LayerNorm(n, bias)
         self.attn = make_attention(config)
         self.ln_m = LayerNorm(n, bias)
@@ -168,18 +166,16 @@ class R2(MomentumBlock):
 
     connection = True
 
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        self.checkpointed = config.activation_checkpointing  # the whole block is recomputed in the backward pass
+
     def attention_half_step(self, x, v):
         # F is W's term only: deferred, it is rebuilt from the attention average in the backward pass
         _, w, c = self.attn.then_connection(self.attention_base(x, v), lambda f: self.momentum(v, f), deferred=True)
         eta = self.strength()
-        rebuild = (  # large activations, eager, outside autocast (the recipe runs in the backward pass),
-            # and a block that is not recomputed as a whole (there the recipe would keep W and C alive)
-            torch.is_grad_enabled()
-            and not self.checkpointed
-            and w.numel() >= recompute.MIN_ELEMENTS
-            and not torch.compiler.is_compiling()
-            and not torch.is_autocast_enabled(w.device.type)
-        )
+        # not in a block recomputed as a whole: there the recipe would keep W and C alive
+        rebuild = recompute.rebuilds(w) and not self.checkpointed
         normalised = rebuilt_layer_norm_of_sum if rebuild else layer_norm_of_sum
         return normalised(self.ln_v, (1, w), (-0.5 * eta, c)), normalised(self.ln_v, (1, w), (-eta, c))
 

@@ -33,6 +33,7 @@ Under autocast it runs in float32, as autocast runs ``layer_norm``.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import torch
@@ -72,8 +73,8 @@ def _kept_as_recipes(rebuilt: list[Rebuilt]):
     accounting): PyTorch applies only the innermost pair."""
 
     outer = torch._C._autograd._top_saved_tensors_default_hooks(False)  # (pack, unpack) around these, or None
-    # by address and layout, not the values: autograd keeps the hooks with what they saved
-    recipes = {_layout(r.value): _Recipe(r.fn, r.inputs) for r in rebuilt}
+    # by address and layout, and without the values: autograd keeps the hooks with what they saved
+    recipes = {_layout(r.value): dataclasses.replace(r, value=None) for r in rebuilt}
 
     def pack(t: Tensor):
         recipe = recipes.get(_layout(t))
@@ -82,17 +83,12 @@ def _kept_as_recipes(rebuilt: list[Rebuilt]):
         return t if outer is None else (outer[1], outer[0](t))
 
     def unpack(saved):
-        if isinstance(saved, _Recipe):
+        if isinstance(saved, Rebuilt):
             with torch.no_grad():
-                return saved.fn(*saved.inputs)
+                return saved.form()
         return saved if outer is None else saved[0](saved[1])
 
     return torch.autograd.graph.saved_tensors_hooks(pack, unpack)
-
-
-class _Recipe(NamedTuple):
-    fn: object
-    inputs: tuple
 
 
 def _layout(t: Tensor) -> tuple:
@@ -223,12 +219,8 @@ def weighted_sum(*terms: tuple[Coefficient, Tensor | Affine]) -> Tensor:
     :data:`recompute.MIN_ELEMENTS` in a stream, as the connection's recomputation): there a (B, T, C)
     tensor is a few hundred KiB and the Function's fixed cost is what would show (R2's primary step
     +0.6 % and +1.8 % with it, interleaved one-off runs)."""
-    inputs = [t.input if isinstance(t, Affine) else t for _, t in terms]
-    if (
-        torch.compiler.is_compiling()
-        or any(torch.is_autocast_enabled(x.device.type) for x in inputs)
-        or inputs[0].numel() < recompute.MIN_ELEMENTS
-    ):
+    first = terms[0][1]
+    if not recompute.rebuilds(first.input if isinstance(first, Affine) else first):
         return plain_weighted_sum(*terms)
     coefficients = [c if isinstance(c, Tensor) else float(c) for c, _ in terms]
     streams = [t for _, t in terms]

@@ -19,6 +19,18 @@ from torch.utils.checkpoint import checkpoint
 MIN_ELEMENTS = 1 << 18  # 1 MiB of float32: the v1 and heavy benchmark shapes recompute, primary does not
 
 
+def rebuilds(t: Tensor) -> bool:
+    """Whether a tensor like ``t`` is worth keeping as what rebuilds it (a recipe, a product's input):
+    autograd records, ``t`` is large (``MIN_ELEMENTS``), eager (torch.compile chooses what to recompute
+    itself) and outside autocast (the rebuilding would run outside it)."""
+    return (
+        torch.is_grad_enabled()
+        and t.numel() >= MIN_ELEMENTS
+        and not torch.compiler.is_compiling()
+        and not torch.is_autocast_enabled(t.device.type)
+    )
+
+
 def recomputed(fn, *inputs: Tensor) -> Tensor:
     """``fn(*inputs)``; when gradients are recorded and the activations are large (``MIN_ELEMENTS``),
     fn's intermediate tensors are not saved but recomputed in the backward pass (only ``inputs`` are
