@@ -113,10 +113,15 @@ def measure_cuda(runs: list[tuple[dict, str]], batch: int, device: str) -> list[
     return found + [None] * (len(runs) - len(found))
 
 
-def measure(fields: dict, batch: int, arch: str, device: str) -> dict | None:
-    """{"allocated_mb", "rss_mb"} of one architecture (fields may set activation_checkpointing)."""
+def measure(
+    fields: dict, batch: int, arch: str, device: str, prelude: str = "", extra_args: list[str] = ()
+) -> dict | None:
+    """{"allocated_mb", "rss_mb"} of one architecture (fields may set activation_checkpointing).
+    ``prelude``: code the child runs first, with sys imported and this folder on its path (it may pop
+    ``extra_args``, which follow the child's own arguments), e.g. to swap a variant in."""
+    code = with_benchmarks_on_path(prelude + CHILD)
     result = subprocess.run(
-        [sys.executable, "-c", with_benchmarks_on_path(CHILD), json.dumps(fields), str(batch), arch, device],
+        [sys.executable, "-c", code, json.dumps(fields), str(batch), arch, device, *extra_args],
         capture_output=True,
         text=True,
         timeout=1800,

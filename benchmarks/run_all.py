@@ -7,10 +7,10 @@ then the heavy and v1 shapes with activation checkpointing), peak memory (both m
 transformers' GPT-2, torch.compile on/off (primary and v1 shapes), the particle-lab scale, and
 profiles of the steps whose targets do not hold, with lower bounds, the kernel micro-benchmarks
 behind the attention code's choices, and on CPU the C library's allocator settings against
-`tune_cpu_allocator`, the momentum algebra fused, checkpointed and plain, and B against v1_fe round by
-round (the machine's phases); last, the figure of the targets (results-<device>.png, from RESULTS.md).
+`tune_cpu_allocator`, the momentum algebra fused, checkpointed and plain, the linear connection kept
+or recomputed, and B against v1_fe round by round (the machine's phases); last, the figure of the targets (results-<device>.png, from RESULTS.md).
 Every script honours
-SYMPFORMER_CPU_ALLOCATOR as the `sympformer` command does. About 27 minutes on 2 CPU cores; --quick
+SYMPFORMER_CPU_ALLOCATOR as the `sympformer` command does. About 29 minutes on 2 CPU cores; --quick
 runs fewer rounds and the smaller particle sizes.
 """
 
@@ -60,9 +60,11 @@ def main() -> int:
         ["ops_per_step.py"],
         ["compiled_kernels.py"],
     ]
-    if on_cpu:  # glibc's defaults against tune_cpu_allocator (fresh processes); the momentum algebra three ways
+    if on_cpu:  # glibc's defaults against tune_cpu_allocator (fresh processes); the momentum algebra three ways;
+        # the linear connection kept or recomputed
         jobs.append(["allocator.py", "--pairs", "2" if args.quick else "3"])
         jobs.append(["momentum_algebra.py", *rounds])
+        jobs.append(["linear_connection.py", *rounds])
         jobs.append(["phases.py", "--rounds", "20" if args.quick else "40"])
     if importlib.util.find_spec("transformers") is not None:
         jobs.insert(2, ["vs_transformers.py", *device, *rounds])

@@ -147,6 +147,48 @@ def test_saved_bytes_by_site_splits_the_saved_storages_by_the_code_that_saved_th
     assert "(outside sympformer)" not in sites  # every saved tensor is traced to the model's code
 
 
+def test_linear_connection_modes_change_what_is_kept_not_the_values():
+    """benchmarks/linear_connection.py's variants: in float64 every mode gives R2_L the same loss and
+    gradients; `recomputed` keeps at least the ridge Function's float64 inverses and updates less than
+    `kept` (the region keeps only its inputs), and `recomputed+rebuilt` less again (R2_L's W, V_a and
+    increment); and each run leaves the package as it found it."""
+    import torch
+    from linear_connection import MODES, in_mode
+
+    from sympformer.benchmarking import saved_storages
+    from sympformer.nn import SympFormerConfig, SympFormerLM, recompute
+    from sympformer.nn.linear_attention import PrefixLinearAttention
+
+    torch.manual_seed(0)
+    batch, heads, length, width = 2, 2, 40, 16
+    config = SympFormerConfig(vocab_size=64, n_layer=2, n_head=heads, n_embd=width, block_size=length, arch="R2_L")
+    model = SympFormerLM(config).double()
+    idx = torch.randint(0, 64, (batch, length))
+    before = PrefixLinearAttention._connection, recompute.MIN_ELEMENTS
+
+    def loss_and_gradients():
+        model.zero_grad(set_to_none=True)
+        _, loss = model(idx, idx, return_logits=False)
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+    results = {mode: in_mode(mode, loss_and_gradients)() for mode in MODES}
+    saved = {
+        mode: sum(saved_storages(in_mode(mode, lambda: model(idx, idx, return_logits=False))).values())
+        for mode in MODES
+    }
+    assert (PrefixLinearAttention._connection, recompute.MIN_ELEMENTS) == before
+    loss, grads = results["kept"]
+    for mode in MODES[1:]:
+        assert torch.allclose(results[mode][0], loss, rtol=1e-12, atol=0)
+        for got, want in zip(results[mode][1], grads, strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    r, chunks = width // heads, -(-length // 16)
+    ridge_inverses = config.n_layer * batch * heads * 2 * chunks * (r * r + 16 * r) * 8
+    assert saved["kept"] - saved["recomputed"] >= ridge_inverses
+    assert saved["recomputed+rebuilt"] < saved["recomputed"]
+
+
 def test_phase_table_groups_rounds_and_reports_each_ratio():
     """benchmarks/phases.py's table: medians over groups of rounds (a ragged last group too), the ratio
     of the second architecture to the first per group, and the per-round ranges, on known times."""
@@ -377,6 +419,7 @@ SCRIPT_RUNS = [
             (["phases.py", "--rounds", "2"], "phases-v1-cpu"),
             (["particles_scale.py", "--sizes", "1000"], "particles-scale-cpu"),
             (["allocator.py", "--pairs", "1", "--shapes", "v1"], "allocator-cpu"),
+            (["linear_connection.py", "--rounds", "1"], "linear-connection-cpu"),
             (["compile.py", "--rounds", "1", "--shape", "v1", "--archs", "B,v1_fe"], "compile-cpu-v1"),
         ]
     ),
@@ -428,6 +471,7 @@ BAD_ARGUMENTS = [
     ("gpu_check", ["--archs", "Q"], "unknown architectures Q"),
     ("gpu_profile", ["--device", "cpu"], "profile_steps.py"),
     ("kernels", ["--repeats", "0"], "0 is not at least 1"),
+    ("linear_connection", ["--rounds", "0"], "0 is not at least 1"),
     ("memory", ["--device", "tpu"], "unknown device 'tpu'"),
     ("momentum_algebra", ["--rounds", "x"], "'x' is not a whole number"),
     ("ops_per_step", ["--shapes", ""], "no shapes given"),
