@@ -8,9 +8,9 @@ transformers' GPT-2, torch.compile on/off (primary and v1 shapes), the particle-
 profiles of the steps whose targets do not hold, with lower bounds, the kernel micro-benchmarks
 behind the attention code's choices, and on CPU the C library's allocator settings against
 `tune_cpu_allocator`, the momentum algebra fused, checkpointed and plain, the linear connection kept
-or recomputed, and B against v1_fe round by round (the machine's phases); last, the figure of the targets (results-<device>.png, from RESULTS.md).
-Every script honours
-SYMPFORMER_CPU_ALLOCATOR as the `sympformer` command does. About 29 minutes on 2 CPU cores; --quick
+or recomputed, and B against v1_fe round by round (the machine's phases); last, the figure of the
+targets (results-<device>.png, from RESULTS.md). Every script honours SYMPFORMER_CPU_ALLOCATOR as the
+`sympformer` command does. About 29 minutes on 2 CPU cores; --quick
 runs fewer rounds and the smaller particle sizes.
 """
 
