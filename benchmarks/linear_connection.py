@@ -11,7 +11,8 @@ memory within 1.3× its baseline's (B_L). The proxy (`nn/linear_attention.py`) k
   backward pass;
 - `recomputed+rebuilt`: as `recomputed`, and `recompute.MIN_ELEMENTS` set to 0, so that R2_L's momentum
   W = β₁ v + g₁ F and its V_a and increment are rebuilt as they are at the large shapes (at the linear
-  shape they are below the size threshold and kept).
+  shape they are below the size threshold and kept). H1_L has nothing that the threshold rebuilds, so its
+  two recomputed rows run the same code: their difference gauges the run's noise.
 
 B_L and H0_L have no connection and run once. For each: the training-step time (all contenders
 interleaved in one process), the peak allocated memory (each in a fresh process, by `memory.py`'s
@@ -92,7 +93,7 @@ def run(rounds: int) -> str:
     prelude = "from linear_connection import use_mode\nuse_mode(sys.argv.pop())\n"
     peaks = {}
     for arch, mode in CASES:
-        found = measure(fields, batch, arch, "cpu", prelude=prelude, extra_args=[mode])
+        found = measure(fields, batch, arch, "cpu", prelude=prelude, extra_args=(mode,))
         peaks[(arch, mode)] = found["allocated_mb"] if found else float("nan")
     h0, base = median(times[("H0_L", "kept")]), peaks[("B_L", "kept")]
     rows = [

@@ -114,7 +114,7 @@ def measure_cuda(runs: list[tuple[dict, str]], batch: int, device: str) -> list[
 
 
 def measure(
-    fields: dict, batch: int, arch: str, device: str, prelude: str = "", extra_args: list[str] = ()
+    fields: dict, batch: int, arch: str, device: str, prelude: str = "", extra_args: tuple[str, ...] = ()
 ) -> dict | None:
     """{"allocated_mb", "rss_mb"} of one architecture (fields may set activation_checkpointing).
     ``prelude``: code the child runs first, with sys imported and this folder on its path (it may pop
