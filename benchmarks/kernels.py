@@ -11,7 +11,8 @@ variant of one question timed in the same process):
   with r = 16 features and 4 heads (the attention itself) and with one 128-wide head (the v1 linear
   oracle) by chunk length (the `linear_chunk` setting, which serves both);
 - the connection's four value groups at the heavy shape: one flash call with q and k padded to their
-  width, two calls of two, or one call per group (`attention._per_group`), time and allocator peak;
+  width, two calls of two, one call per group, or the materialised pass of `row_block_softmax` by row
+  block (`attention._value_group_calls`), time and allocator peak;
 - the CPU flash kernel: B's 4 heads × 32, one 128-wide head (the v1 oracle's flash path, which on
   CPU now serves only bfloat16 and autocast) and 129 wide with one more key and query (the v1
   sentinel pass); the gradient of its log-normaliser through one more column or folded into the
@@ -41,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from sympformer import softmax_ops
+from sympformer import row_block_softmax, softmax_ops
 from sympformer.allocator import apply_allocator_choice
 from sympformer.benchmarking import interleaved_times, median, peak_allocated, write_section
 from sympformer.nn import loss as loss_module
@@ -231,19 +232,27 @@ def main() -> None:
                 rows.append([label, milliseconds(backward(attention, *x), args.repeats)])
 
     # the connection's four value groups [w, k, dk, s·w] at the heavy shape (4 heads × 64): one call with q
-    # and k padded to 256, two calls of two groups (padded to 128), or one call per group (no padding)
+    # and k padded to 256, two calls of two groups (padded to 128), one call per group (no padding; used
+    # where the materialised pass does not serve), or the materialised pass by row block (used on the CPU)
     q, k, *groups = (torch.randn(2, 4, 1024, 64, generator=g, requires_grad=True) for _ in range(6))
     splits = {
         "one call, q and k padded to 4 × 64": [groups],
         "two calls of two groups, padded to 2 × 64": [groups[:2], groups[2:]],
-        "one call per group, no padding (used at this size)": [[v] for v in groups],
+        "one call per group, no padding": [[v] for v in groups],
     }
 
     def averages(calls):  # forward and backward
         outs = [softmax_average_of(q, k, call, scale=64**-0.5, causal=True) for call in calls]
         sum(out.square().sum() for out in outs).backward()
 
+    def materialised(block):
+        outs = row_block_softmax.causal_averages(q, k, groups, 64**-0.5, block)
+        sum(out.square().sum() for out in outs).backward()
+
     steps = {name: lambda calls=calls: averages(calls) for name, calls in splits.items()}
+    for block in (64, 128, 256):
+        used = " (used)" if block == row_block_softmax.ROW_BLOCK else ""
+        steps[f"one materialised pass, row block {block}{used}"] = lambda block=block: materialised(block)
     times = interleaved_times(steps, rounds=args.repeats, repeats=1)
     for n, (name, step) in enumerate(steps.items()):
         label = "connection value groups, 2 × 4 heads × 1024 × 4 × 64, forward + backward: " if n == 0 else "… "

@@ -153,6 +153,20 @@ def _cpu_flash_applies(q: Tensor, k: Tensor, mask: Tensor | None, dropout_p: flo
     return eligible and q.shape[-2] > 0 and k.shape[-2] > 0 and not torch.compiler.is_compiling()
 
 
+_ROW_BLOCK_DTYPES = (torch.float32, torch.float64)
+
+
+def row_blocks_serve(q: Tensor, k: Tensor, widths: Sequence[int], causal: bool, mask=None, dropout_p=0.0) -> bool:
+    """True where the causal softmax averages of value groups as wide as ``widths`` take one materialised
+    pass (:func:`sympformer.row_block_softmax.causal_averages`) rather than the fused kernel: where that
+    kernel would serve the call, causal over keys that are the queries' own positions, in float32 or
+    float64 outside autocast, and only where the values are wider than q (several groups, for which the
+    fused kernel pads q and k to their total width or takes one call each)."""
+    serves = causal and q.shape[-2] == k.shape[-2] and _cpu_flash_applies(q, k, mask, dropout_p)
+    wider = sum(widths) > q.shape[-1]
+    return serves and wider and q.dtype in _ROW_BLOCK_DTYPES and not torch.is_autocast_enabled("cpu")
+
+
 # the most bytes of scores one generic (unfused, score-materialising) SDPA call may hold: above it, query
 # rows go in chunks. The particle lab's float64 on a GPU, 10⁵ particles: 80 GB of scores → 128 MiB chunks
 # of 167 rows (at a 1 GiB budget an H200 held 2.27 GB for one evaluation, against the < 1 GB target)

@@ -144,18 +144,28 @@ def test_second_pass_connection_equals_reference(attention):
     torch.testing.assert_close(c, c_ref, rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("large", [False, True])
-def test_connection_value_groups_one_call_or_one_each(attention, monkeypatch, large):
-    """Above the size threshold the connection's value groups take one kernel call each, below it one
-    joined call; either way F and C equal the per-row reference, gradients included (float64)."""
+@pytest.mark.parametrize("calls", ["joined", "row blocks", "per group"])
+def test_connection_value_groups_each_way(attention, monkeypatch, calls):
+    """Below the size threshold the connection's value groups take one joined kernel call; above it one
+    materialised pass on the CPU (row blocks), or one kernel call each where that does not serve (a GPU,
+    bfloat16). Either way F and C equal the per-row reference, gradients included (float64)."""
+    import sympformer.nn.attention as attention_module
     import sympformer.nn.recompute as recompute_module
 
-    if large:
+    if calls != "joined":
         monkeypatch.setattr(recompute_module, "MIN_ELEMENTS", 0)
+    if calls == "per group":
+        monkeypatch.setattr(attention_module, "row_blocks_serve", lambda *args, **kwargs: False)
+    passes = []
+    materialised = attention_module.causal_averages
+    monkeypatch.setattr(
+        attention_module, "causal_averages", lambda *a, **kw: passes.append(1) or materialised(*a, **kw)
+    )
     attn, z, u = attention
     attn.reset_counters()
     f, c = attn.with_connection(z, u)
-    assert attn.kernel_calls == (4 if large else 1) and attn.evaluations == 1
+    assert attn.kernel_calls == (4 if calls == "per group" else 1) and attn.evaluations == 1
+    assert len(passes) == (calls == "row blocks")
     f_ref, c_ref = connection_reference(attn, z, u)
     torch.testing.assert_close(f, f_ref, rtol=0, atol=1e-12)
     torch.testing.assert_close(c, c_ref, rtol=0, atol=1e-12)
@@ -166,7 +176,7 @@ def test_connection_value_groups_one_call_or_one_each(attention, monkeypatch, la
         torch.testing.assert_close(g, g_ref, rtol=0, atol=1e-10)
     attn.reset_counters()
     f, _, c = attn.then_connection(z, lambda out: 0.7 * u + 1.3 * out)
-    assert attn.kernel_calls == (4 if large else 2) and attn.evaluations == 1
+    assert attn.kernel_calls == (4 if calls == "per group" else 2) and attn.evaluations == 1
     _, c_ref = connection_reference(attn, z, 0.7 * u + 1.3 * f)  # u = direction(F), differentiated through F
     wrt = (z, u, attn.c_attn.weight, attn.c_proj.weight)
     grads = torch.autograd.grad((c * weights).sum(), wrt, retain_graph=True)  # F's graph is c_ref's too
@@ -195,18 +205,23 @@ def test_direction_values_are_formed_again_not_kept_with_large_activations(monke
     assert kept_formed - rebuilt == (2 * z.numel() + z[..., 0].numel()) * 4
 
 
-def test_one_call_per_value_group_holds_no_padded_copies(monkeypatch):
+def test_value_groups_apart_hold_no_padded_copies(monkeypatch):
     """The joined call pads q and k to the four groups' width, and its backward pass holds the padded
-    copies and gradients; one call per group pads nothing: its forward and backward peak is far lower."""
+    copies and gradients; one call per group and the materialised pass pad nothing: their forward and
+    backward peaks are far lower."""
+    import sympformer.nn.attention as attention_module
     import sympformer.nn.recompute as recompute_module
     from sympformer.benchmarking import peak_allocated
 
     torch.manual_seed(0)
     attn = CausalSelfAttention(n_embd=64, n_head=2, bias=False, dropout=0.0)
     z, u = torch.randn(2, 256, 64, requires_grad=True), torch.randn(2, 256, 64, requires_grad=True)
+    row_blocks_serve = attention_module.row_blocks_serve
 
-    def peak_bytes(threshold):
+    def peak_bytes(threshold, row_blocks=True):
         monkeypatch.setattr(recompute_module, "MIN_ELEMENTS", threshold)
+        serve = row_blocks_serve if row_blocks else (lambda *args, **kwargs: False)
+        monkeypatch.setattr(attention_module, "row_blocks_serve", serve)
 
         def step():
             f, c = attn.with_connection(z, u)
@@ -214,7 +229,9 @@ def test_one_call_per_value_group_holds_no_padded_copies(monkeypatch):
 
         return peak_allocated(step)
 
-    assert peak_bytes(0) < 0.7 * peak_bytes(1 << 40)  # 3.2 against 6.2 MB here
+    joined = peak_bytes(1 << 40)  # 6.2 MB here
+    assert peak_bytes(0, row_blocks=False) < 0.7 * joined  # one call per group: 3.2 MB
+    assert peak_bytes(0) < 0.7 * joined  # the materialised pass: 3.7 MB
 
 
 def test_fused_connection_gradcheck():

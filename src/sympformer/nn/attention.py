@@ -13,9 +13,10 @@ Per head r, with q, k, w = W_Q z, W_K z, W_V z and P_r = causal softmax(q_r k_r�
 Every Σ_j P_ij (·)_j is the same softmax applied to other values, so when u is known before the
 attention (H1) one SDPA call on the concatenated values [w, k, dk, s·w] gives F and C together; when
 u depends on F (R2: u = W = β v + g F) a second call on [dk, s·w] re-aggregates with the same softmax.
-With large activations each value group takes a call of its own instead (:func:`_per_group`: the same
-products, none of the joined call's padded copies of q and k), and the groups along u, dk and s·w, are
-formed again in the kernel's backward pass instead of kept (:meth:`CausalSelfAttention._direction_values`).
+With large activations the groups take one materialised pass on the CPU (the scores formed once, at q's
+width: :mod:`sympformer.row_block_softmax`) or elsewhere one kernel call each (the same products, none of
+the joined call's padded copies of q and k; :func:`_value_group_calls`), and the groups along u, dk and
+s·w, are formed again in the backward pass instead of kept (:meth:`CausalSelfAttention._direction_values`).
 :func:`connection_reference` is the per-row loop that materialises P (tests only).
 
 Generation cache: while ``self.cache`` is a dict, the keys and every value group ("slot") of the
@@ -35,12 +36,14 @@ from torch import Tensor, nn
 from sympformer.nn import recompute
 from sympformer.nn.norm_sum import Affine
 from sympformer.nn.recompute import recomputed
+from sympformer.row_block_softmax import causal_averages
 from sympformer.softmax_ops import (
     Piece,
     Rebuilt,
     formed,
     kernel_log_normaliser,
     piece_width,
+    row_blocks_serve,
     softmax_average,
     softmax_average_of,
     softmax_average_with_normaliser,
@@ -54,22 +57,31 @@ def _pieces(out: Tensor, widths: list[int]) -> list[Tensor]:
     return [out] if len(widths) == 1 else list(out.split(widths, dim=-1))
 
 
-def _per_group(q: Tensor, widths: list[int], dropout: float) -> bool:
-    """Whether the softmax averages of several value groups take one kernel call per group instead of
-    one on their concatenation: where the groups are as wide as q (no padding either way), without
-    dropout (one call, one dropout mask) and with large activations (:data:`recompute.MIN_ELEMENTS` in q).
+def _value_group_calls(q: Tensor, widths: list[int], dropout: float) -> str:
+    """How the softmax averages of several value groups are formed: "row blocks" (one materialised pass,
+    :func:`~sympformer.row_block_softmax.causal_averages`), "per group" (one fused kernel call each) or
+    "joined" (one fused call on their concatenation). Large activations (:data:`recompute.MIN_ELEMENTS`
+    in q) take row blocks where they serve (:func:`~sympformer.softmax_ops.row_blocks_serve`: eager CPU,
+    float32/float64, no dropout), else one call per group where the groups are as wide as q; small ones
+    and the rest the joined call.
 
-    The kernels want q, k and the values of one width, so the joined call pads q and k to the values'
-    total width: the same arithmetic as one call per group (Σ_g (q·k over d + P v over d) against
-    q·k over Σ_g d + P v over Σ_g d), but the padded q, k, their gradients and the padded output
+    The fused kernels want q, k and the values of one width, so the joined call pads q and k to the
+    values' total width: the same arithmetic as one call per group (Σ_g (q·k over d + P v over d)
+    against q·k over Σ_g d + P v over Σ_g d), but the padded q, k, their gradients and the padded output
     gradient live through the kernel's backward pass. At the attention-heavy shape (the connection's
     four groups of 64, forward and backward on the CPU) the joined call peaked at 74 MiB in 140 ms, two
-    calls of two groups at 50 MiB in 142 ms, one call per group at 28 MiB in 160 ms: each call runs its own
-    softmax pass (benchmarks/kernels.py). The memory is the DESIGN target at stake (H1 1.63 → 1.38× B at
-    that shape), the time is not (H1 2.16 → 2.32× H0 there). Small activations keep the one call, whose
-    per-call overhead shows there (H1's primary shape: 4.2–6.0 against 6.2–6.8 ms a layer, one-off)."""
-    many_as_wide = len(widths) > 1 and all(width == q.shape[-1] for width in widths)
-    return many_as_wide and dropout == 0 and q.numel() >= recompute.MIN_ELEMENTS
+    calls of two groups at 50 MiB in 142 ms, one call per group at 28 MiB in 160 ms: each call runs its
+    own softmax pass (benchmarks/kernels.py). Row blocks form the scores once, at q's width, for every
+    group: H1's step at that shape 1.69× H0's against 2.34× with a call per group, R2's 2.12× against
+    2.43×, at the same peak memory (one-off interleaved run). Small activations keep the one fused call,
+    whose per-call overhead shows there (H1's primary shape: 4.2–6.0 against 6.2–6.8 ms a layer for a
+    call per group; R2's step 4.5 % slower with row blocks, one-off)."""
+    if q.numel() < recompute.MIN_ELEMENTS or len(widths) < 2:
+        return "joined"
+    if row_blocks_serve(q, q, widths, causal=True, dropout_p=dropout):
+        return "row blocks"
+    many_as_wide = all(width == q.shape[-1] for width in widths)
+    return "per group" if many_as_wide and dropout == 0 else "joined"
 
 
 class CallCounter:
@@ -178,17 +190,21 @@ class CausalSelfAttention(AttentionBase):
         self, q: Tensor, k: Tensor, values: list[Piece], new_softmax: bool = True, slot: str = "values"
     ) -> list[Tensor]:
         """Σ_j P_ij v_j for every v in ``values`` (tensors or :class:`Rebuilt` recipes): one SDPA call on
-        their concatenation, or one call per value group where that pays (:func:`_per_group`); ``slot``
+        their concatenation, one call per value group or one materialised pass where that pays
+        (:func:`_value_group_calls`); ``slot``
         names the group in the generation cache."""
         widths = [piece_width(v) for v in values]
         if self.cache is not None:
             return self._aggregate_cached(q, k, torch.cat(formed(values), -1), widths, new_softmax, slot)
         dropout = self.dropout if self.training else 0.0
         self.count(evaluations=int(new_softmax))
-        if _per_group(q, widths, dropout):
+        calls = _value_group_calls(q, widths, dropout)
+        if calls == "per group":
             self.count(kernel_calls=len(values))
             return [softmax_average_of(q, k, [v], scale=self.scale, causal=True) for v in values]
         self.count(kernel_calls=1)
+        if calls == "row blocks":
+            return causal_averages(q, k, values, self.scale)
         out = softmax_average_of(q, k, values, scale=self.scale, causal=True, dropout_p=dropout)
         return _pieces(out, widths)
 

@@ -42,6 +42,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from sympformer.row_block_softmax import block_scores, row_blocks, strictly_above
 from sympformer.softmax_ops import _cpu_flash_applies
 
 ROW_BLOCK = 128  # query rows per score block (benchmarks/kernels.py: 64 and 128 alike, 256 slower)
@@ -65,18 +66,6 @@ def _inverse_z_squared(log_norm: Tensor, first: int = 0) -> Tensor:
     return torch.exp(-2 * (log_norm - _log_positions(log_norm, first)))
 
 
-def _row_blocks(length: int, block: int):
-    return [(r0, min(r0 + block, length)) for r0 in range(0, length, block)]
-
-
-def _block_scores(q_scaled: Tensor, k: Tensor, r0: int, r1: int, above: Tensor) -> Tensor:
-    """S for query rows [r0, r1) against keys [0, r1), keys after the row at −inf."""
-    scores = torch.bmm(q_scaled[:, r0:r1], k[:, :r1].mT)
-    rows = r1 - r0
-    scores[:, :, r0:r1].masked_fill_(above[:rows, :rows], float("-inf"))
-    return scores
-
-
 def _half_z(log_norm: Tensor, first: int = 0) -> Tensor:
     """c_j = z_j / 2 = e^{L_j} / (2j) for the 1-based positions j = first + 1, … of the last dimension."""
     return 0.5 * torch.exp(log_norm - _log_positions(log_norm, first))
@@ -89,7 +78,7 @@ class _PrefixForce(torch.autograd.Function):
     def forward(ctx, q, k, w, b, scale, block, with_force):
         batch, length = q.shape[:2]
         q_scaled = q * scale
-        above = torch.ones(block, block, dtype=torch.bool, device=q.device).triu(1)
+        above = strictly_above(block, q.device)
         log_norm = q.new_empty(batch, length)
         if with_force:
             width = w.shape[-1]
@@ -97,8 +86,8 @@ class _PrefixForce(torch.autograd.Function):
             values[..., :width] = w
             force = q.new_empty(w.shape)
             s = q.new_empty(batch, length)
-        for r0, r1 in _row_blocks(length, block):
-            scores = _block_scores(q_scaled, k, r0, r1, above)
+        for r0, r1 in row_blocks(length, block):
+            scores = block_scores(q_scaled[:, r0:r1], k, r0, r1, above)
             peak = scores.amax(-1, keepdim=True)
             unnormalised = scores.sub_(peak).exp_()
             total = unnormalised.sum(-1, keepdim=True)
@@ -136,9 +125,9 @@ class _PrefixForce(torch.autograd.Function):
             grad_s = torch.empty_like(s)
         q_scaled, k_scaled = q * ctx.scale, k * ctx.scale
         grad_q, grad_k = torch.empty_like(q), torch.zeros_like(k)
-        above = torch.ones(ctx.block, ctx.block, dtype=torch.bool, device=q.device).triu(1)
-        for r0, r1 in reversed(_row_blocks(length, ctx.block)):
-            probs = _block_scores(q_scaled, k, r0, r1, above).sub_(log_norm[:, r0:r1].unsqueeze(-1)).exp_()
+        above = strictly_above(ctx.block, q.device)
+        for r0, r1 in reversed(row_blocks(length, ctx.block)):
+            probs = block_scores(q_scaled[:, r0:r1], k, r0, r1, above).sub_(log_norm[:, r0:r1].unsqueeze(-1)).exp_()
             if not with_force:
                 grad_scores = probs.mul_(grad_log_norm[:, r0:r1].unsqueeze(-1))
             else:
