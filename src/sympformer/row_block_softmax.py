@@ -7,17 +7,25 @@ fused CPU kernel wants the values as wide as q and k, so several groups cost eit
 k zero-padded to the groups' total width (the scores formed at that width) or one call per group (the
 scores formed once per group). Here the scores of a block of R query rows against the keys they see
 (keys < r₁) are formed once, at q's width, by an ordinary batched product; the block holds R × r₁
-scores, never T × T; one product with V gives every group's average. Backward, block by block with the
-block's P formed again from q, k and L (D_i = Σ_c dO_ic O_ic):
+scores, never T × T; one product per group gives its average. Backward, block by block with the block's
+P formed again from q, k and L (D_i = Σ_g dO^g_i·O^g_i):
 
-    dV_j = Σ_i P_ij dO_i,   dS_ij = P_ij (dO_i·V_j − D_i),   dq_i = scale Σ_j dS_ij k_j,   dk_j = scale Σ_i dS_ij q_i
+    dV_j = Σ_i P_ij dO_i,      dS_ij = P_ij (Σ_g dO^g_i·V^g_j − D_i),
+    dq_i = scale Σ_j dS_ij k_j,   dk_j = scale Σ_i dS_ij q_i
 
-What is kept for the backward pass is q, k, the value groups (a :class:`~sympformer.rebuilt.Rebuilt`
-group as its recipe's inputs, formed again there), the output and L, as the fused kernel's Function
-keeps. At the attention-heavy benchmark shape (4 heads × 64, context 1024) H1's four groups took 72–79 ms
-forward and backward against 134 ms for the padded call and 149 ms for four calls (one-off timing;
-benchmarks/kernels.py measures them side by side); for one group of q's width the fused kernel stays
-faster (38 against 42 ms), so a single group keeps it (:func:`sympformer.softmax_ops.softmax_average_of`).
+What is kept for the backward pass is what the fused kernel's Function keeps: q, k, the value groups
+(a :class:`~sympformer.rebuilt.Rebuilt` group as its recipe's inputs, formed again there), each group's
+average and L. For the memory of a training step the pass differs from one call per group in that every
+group's gradient is ready at once; so each average is its own tensor laid out as the attention's heads
+are (merging its heads is a view, as of the fused kernel's output), a group that is the keys themselves
+(H1/R2's Σ P k) adds its value gradient to dk instead of a buffer of its own, and a rebuilt group and its
+gradient are let go as soon as its recipe has taken them. H1's and R2's peaks at the attention-heavy
+benchmark shape are then those of one call per group.
+
+Four groups of 64 at that shape (2 × 4 heads, context 1024), forward and backward: 103 ms at row block
+128 (93 at 64, 96 at 256), against 156 ms for one fused call with q and k padded and 174 ms for one call
+per group (benchmarks/kernels.py, one run). For one group of q's width the fused kernel stays faster
+(38 against 42 ms, one-off), so a single group keeps it.
 """
 
 from __future__ import annotations

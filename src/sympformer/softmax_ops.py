@@ -3,7 +3,9 @@ r"""Softmax-weighted sums without a score matrix, through ``scaled_dot_product_a
 Every softmax force in the package is a softmax average Σ_j P_ij v_j, P_ij ∝ exp(scale·q_i·k_j),
 for some values v; several averages with the same P are one SDPA call on concatenated values.
 Fused kernels (flash / memory-efficient, CPU included) need q, k and v of one width, so the
-helpers zero-pad to a common width (padding q and k adds nothing to the scores).
+helpers zero-pad to a common width (padding q and k adds nothing to the scores). On the CPU the
+attention takes several causal value groups in one materialised pass instead where
+:func:`row_blocks_serve` (:mod:`sympformer.row_block_softmax`).
 
 The normaliser L_i = log Σ_j exp(scale·q_i·k_j) comes from the fused CPU kernel itself, which
 computes it anyway (its gradient folded into the kernel's backward pass). SDPA does not return it, so
