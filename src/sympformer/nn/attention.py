@@ -191,8 +191,7 @@ class CausalSelfAttention(AttentionBase):
     ) -> list[Tensor]:
         """Σ_j P_ij v_j for every v in ``values`` (tensors or :class:`Rebuilt` recipes): one SDPA call on
         their concatenation, one call per value group or one materialised pass where that pays
-        (:func:`_value_group_calls`); ``slot``
-        names the group in the generation cache."""
+        (:func:`_value_group_calls`); ``slot`` names the group in the generation cache."""
         widths = [piece_width(v) for v in values]
         if self.cache is not None:
             return self._aggregate_cached(q, k, torch.cat(formed(values), -1), widths, new_softmax, slot)
