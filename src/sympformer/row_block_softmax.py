@@ -24,8 +24,9 @@ benchmark shape are then those of one call per group.
 
 Four groups of 64 at that shape (2 × 4 heads, context 1024), forward and backward: 103 ms at row block
 128 (93 at 64, 96 at 256), against 156 ms for one fused call with q and k padded and 174 ms for one call
-per group (benchmarks/kernels.py, one run). For one group of q's width the fused kernel stays faster
-(38 against 42 ms, one-off), so a single group keeps it.
+per group (benchmarks/kernels.py, one run). For one group of q's width the pass is no faster than the
+fused kernel (38.0 ms against 37.8, 42.4 and 51.0 at row blocks of 64, 128 and 256; one-off), so a
+single group keeps the kernel.
 """
 
 from __future__ import annotations
