@@ -4,13 +4,14 @@
 
 Order: block step times (every architecture family, two softmax shapes, the linear and v1 shapes;
 then the heavy and v1 shapes with activation checkpointing), peak memory (both modes), B against
-transformers' GPT-2, torch.compile on/off (primary and v1 shapes), the particle-lab scale, and
+transformers' GPT-2, torch.compile on/off (primary and v1 shapes; on CPU also H0, H1 and R2 at the
+heavy shape, where H1/R2's eager value groups take a materialised pass), the particle-lab scale, and
 profiles of the steps whose targets do not hold, with lower bounds, the kernel micro-benchmarks
 behind the attention code's choices, and on CPU the C library's allocator settings against
 `tune_cpu_allocator`, the momentum algebra fused, checkpointed and plain, the linear connection kept
 or recomputed, and B against v1_fe round by round (the machine's phases); last, the figure of the
 targets (results-<device>.png, from RESULTS.md). Every script honours SYMPFORMER_CPU_ALLOCATOR as the
-`sympformer` command does. About 29 minutes on 2 CPU cores; --quick
+`sympformer` command does. About 31 minutes on 2 CPU cores; --quick
 runs fewer rounds and the smaller particle sizes.
 """
 
@@ -60,8 +61,9 @@ def main() -> int:
         ["ops_per_step.py"],
         ["compiled_kernels.py"],
     ]
-    if on_cpu:  # glibc's defaults against tune_cpu_allocator (fresh processes); the momentum algebra three ways;
-        # the linear connection kept or recomputed
+    if on_cpu:  # compiled H1/R2 at the heavy shape; glibc's defaults against tune_cpu_allocator (fresh processes);
+        # the momentum algebra three ways; the linear connection kept or recomputed
+        jobs.append(["compile.py", "--rounds", "3", "--shape", "heavy", "--archs", "H0,H1,R2"])
         jobs.append(["allocator.py", "--pairs", "2" if args.quick else "3"])
         jobs.append(["momentum_algebra.py", *rounds])
         jobs.append(["linear_connection.py", *rounds])

@@ -35,6 +35,7 @@ def test_section_keys_name_the_sections_the_scripts_wrote():
     keys += [
         compile_section("primary", "cpu"),
         compile_section("v1", "cpu", mode="default"),
+        compile_section("heavy", "cpu"),
         compile_section("primary", "cuda"),
     ]
     assert [key for key in keys if f"<!-- section:{key} -->" not in text] == []
