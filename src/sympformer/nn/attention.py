@@ -57,7 +57,7 @@ def _pieces(out: Tensor, widths: list[int]) -> list[Tensor]:
     return [out] if len(widths) == 1 else list(out.split(widths, dim=-1))
 
 
-def _value_group_calls(q: Tensor, widths: list[int], dropout: float) -> str:
+def _value_group_calls(q: Tensor, k: Tensor, widths: list[int], dropout: float) -> str:
     """How the softmax averages of several value groups are formed: "row blocks" (one materialised pass,
     :func:`~sympformer.row_block_softmax.causal_averages`), "per group" (one fused kernel call each) or
     "joined" (one fused call on their concatenation). Large activations (:data:`recompute.MIN_ELEMENTS`
@@ -75,10 +75,10 @@ def _value_group_calls(q: Tensor, widths: list[int], dropout: float) -> str:
     group: H1's step at that shape 1.69× H0's against 2.34× with a call per group, R2's 2.12× against
     2.43×, at the same peak memory (one-off interleaved run). Small activations keep the one fused call,
     whose per-call overhead shows there (H1's primary shape: 4.2–6.0 against 6.2–6.8 ms a layer for a
-    call per group; R2's step 4.5 % slower with row blocks, one-off)."""
+    call per group; with row blocks H1's step 4.7 % and R2's 14.4 % slower, one-off interleaved run)."""
     if q.numel() < recompute.MIN_ELEMENTS or len(widths) < 2:
         return "joined"
-    if row_blocks_serve(q, q, widths, causal=True, dropout_p=dropout):
+    if row_blocks_serve(q, k, widths, causal=True, dropout_p=dropout):
         return "row blocks"
     many_as_wide = all(width == q.shape[-1] for width in widths)
     return "per group" if many_as_wide and dropout == 0 else "joined"
@@ -197,7 +197,7 @@ class CausalSelfAttention(AttentionBase):
             return self._aggregate_cached(q, k, torch.cat(formed(values), -1), widths, new_softmax, slot)
         dropout = self.dropout if self.training else 0.0
         self.count(evaluations=int(new_softmax))
-        calls = _value_group_calls(q, widths, dropout)
+        calls = _value_group_calls(q, k, widths, dropout)
         if calls == "per group":
             self.count(kernel_calls=len(values))
             return [softmax_average_of(q, k, [v], scale=self.scale, causal=True) for v in values]

@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from sympformer.row_block_softmax import block_scores, row_blocks, strictly_above
+from sympformer.row_block_softmax import block_probabilities, block_scores, block_softmax, row_blocks, strictly_above
 from sympformer.softmax_ops import _cpu_flash_applies
 
 ROW_BLOCK = 128  # query rows per score block (benchmarks/kernels.py: 64 and 128 alike, 256 slower)
@@ -87,11 +87,8 @@ class _PrefixForce(torch.autograd.Function):
             force = q.new_empty(w.shape)
             s = q.new_empty(batch, length)
         for r0, r1 in row_blocks(length, block):
-            scores = block_scores(q_scaled[:, r0:r1], k, r0, r1, above)
-            peak = scores.amax(-1, keepdim=True)
-            unnormalised = scores.sub_(peak).exp_()
-            total = unnormalised.sum(-1, keepdim=True)
-            log_norm[:, r0:r1] = (peak + total.log()).squeeze(-1)
+            unnormalised, total, rows_log_norm = block_softmax(block_scores(q_scaled[:, r0:r1], k, r0, r1, above))
+            log_norm[:, r0:r1] = rows_log_norm.squeeze(-1)
             if with_force:
                 s[:, r0:r1] = b[:, r0:r1] * _inverse_z_squared(log_norm[:, r0:r1], r0)
                 torch.mul(w[:, r0:r1], s[:, r0:r1].unsqueeze(-1), out=values[:, r0:r1, width:])
@@ -127,7 +124,7 @@ class _PrefixForce(torch.autograd.Function):
         grad_q, grad_k = torch.empty_like(q), torch.zeros_like(k)
         above = strictly_above(ctx.block, q.device)
         for r0, r1 in reversed(row_blocks(length, ctx.block)):
-            probs = block_scores(q_scaled[:, r0:r1], k, r0, r1, above).sub_(log_norm[:, r0:r1].unsqueeze(-1)).exp_()
+            probs = block_probabilities(q_scaled[:, r0:r1], k, r0, r1, above, log_norm[:, r0:r1].unsqueeze(-1))
             if not with_force:
                 grad_scores = probs.mul_(grad_log_norm[:, r0:r1].unsqueeze(-1))
             else:
