@@ -1,5 +1,6 @@
-"""Micro-benchmarks behind the design choices in the attention code (medians of repeated calls, every
-variant of one question timed in the same process):
+"""Micro-benchmarks behind the design choices in the attention code. The variants of one question are
+timed interleaved in one process (one call of each per round, the order rotated every round, as the
+step benchmarks do), and each row is the median over the rounds:
 
 - the ridge inverses of the proxy (16×16 systems at every position) and two solves, forward: per-position
   Grams with one batched LU factorisation and two `lu_solve` (the previous choice) against the chunked
@@ -34,8 +35,6 @@ variant of one question timed in the same process):
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import options
 import torch
@@ -61,14 +60,12 @@ from sympformer.utils import markdown_table
 B, H, T, R = 4, 4, 512, 16  # the linear shape's batch, heads, context and head width
 
 
-def milliseconds(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+def interleaved_rows(rows: list, variants: dict, rounds: int) -> None:
+    """Append [label, median ms] for each variant of one question, timed interleaved (one call of each per
+    round, the order rotated every round): the machine's slow and fast phases, which last seconds to
+    minutes, then fall on every variant alike instead of on whichever ran during them."""
+    times = interleaved_times(variants, rounds=rounds, repeats=1)
+    rows.extend([label, 1e3 * median(times[label])] for label in variants)
 
 
 def backward(fn, *inputs):
@@ -154,8 +151,7 @@ def main() -> None:
             },
             "… chunked Woodbury inverses, float64, chunk 16 (used)": lambda: chunked(torch.float64, 16),
         }
-        for name, fn in inverse_rows.items():
-            rows.append([name, milliseconds(fn, args.repeats)])
+        interleaved_rows(rows, {name: torch.no_grad()(fn) for name, fn in inverse_rows.items()}, args.repeats)
 
     kq = torch.randn(B, 2 * H, T, R, generator=g, requires_grad=True)
     rhs = torch.randn(B, 2 * H, T, R, generator=g, requires_grad=True)
@@ -183,8 +179,7 @@ def main() -> None:
             0
         ],
     }
-    for name, fn in solves.items():
-        rows.append([name, milliseconds(backward(fn, kq, rhs), args.repeats)])
+    interleaved_rows(rows, {name: backward(fn, kq, rhs) for name, fn in solves.items()}, args.repeats)
 
     with torch.no_grad():  # the ridge backward's suffix pass over four key/value pairs, on the 8 systems
         query, *pairs = (torch.randn(B, 2 * H, T, R, generator=g) for _ in range(9))
@@ -199,37 +194,48 @@ def main() -> None:
             side_by_side = lambda ts: torch.stack(ts, 3).reshape(B, 2 * H, 4 * T, R)
             return _prefix_linear_terms(query, side_by_side(pairs[:4]), side_by_side(pairs[4:]), chunk, None, True, 4)
 
-        for chunk in (16, 32):
-            label = f"suffix pass, four pairs as 32 heads × r = 16, chunk {chunk}"
-            rows.append([label, milliseconds(lambda chunk=chunk: pairs_as_heads(chunk), args.repeats)])
+        suffix = {
+            f"suffix pass, four pairs as 32 heads × r = 16, chunk {chunk}": lambda chunk=chunk: pairs_as_heads(chunk)
+            for chunk in (16, 32)
+        }
         for chunk in (8, 16, 32, 64):
             label = f"… the pairs side by side at each position, chunk {chunk}" + (" (used)" if chunk == 16 else "")
-            rows.append([label, milliseconds(lambda chunk=chunk: grouped(chunk), args.repeats)])
+            suffix[label] = lambda chunk=chunk: grouped(chunk)
+        interleaved_rows(rows, {label: torch.no_grad()(fn) for label, fn in suffix.items()}, args.repeats)
 
     # the one `linear_chunk` setting serves the attention (4 heads × r = 16) and the v1 linear oracle (one
     # head × r = 128, the v1 shape's width, batch and context)
     attention = [torch.randn(B, H, T, R, generator=g, requires_grad=True) for _ in range(3)]
     oracle = [torch.randn(4, 1, 512, 128, generator=g, requires_grad=True) for _ in range(3)]
     for what, inputs in (("4 heads × r = 16 (the attention)", attention), ("1 head × r = 128 (the v1 oracle)", oracle)):
+        by_chunk = {}
         for chunk in (32, 64, 128, 512):
             label = (
                 f"prefix-linear, {what}, chunk {chunk}" + (" (used)" if chunk == 64 else "") + ", forward + backward"
             )
-            pass_ = lambda q, k, v, c=chunk: prefix_linear(q, k, v, c)[0]
-            rows.append([label, milliseconds(backward(pass_, *inputs), args.repeats)])
+            by_chunk[label] = backward(lambda q, k, v, c=chunk: prefix_linear(q, k, v, c)[0], *inputs)
+        interleaved_rows(rows, by_chunk, args.repeats)
 
+    attention = lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+    def math_backend(step):
+        def run():
+            with sdpa_kernel(SDPBackend.MATH):
+                step()
+
+        return run
+
+    flash = {}
     for heads, length, width, label in [
         (4, T, 32, "flash attention, causal, 4 heads × 32 (B), forward + backward"),
         (1, T, 128, "… 1 head × 128 (a v1 oracle pass on the flash path)"),
         (1, T + 1, 129, "… 1 head × 129, one more query and key (the v1 sentinel pass)"),
     ]:
         x = [torch.randn(B, heads, length, width, generator=g, requires_grad=True) for _ in range(3)]
-        attention = lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        rows.append([label, milliseconds(backward(attention, *x), args.repeats)])
+        flash[label] = backward(attention, *x)
         if heads == 4:
-            label = "… the same through SDPA's math backend (the T × T matrix materialised)"
-            with sdpa_kernel(SDPBackend.MATH):
-                rows.append([label, milliseconds(backward(attention, *x), args.repeats)])
+            flash["… the same through SDPA's math backend (the T × T matrix materialised)"] = math_backend(flash[label])
+    interleaved_rows(rows, flash, args.repeats)
 
     # the connection's four value groups [w, k, dk, s·w] at the heavy shape (4 heads × 64): one call with q
     # and k padded to 256, two calls of two groups (padded to 128), one call per group (no padding; used
@@ -265,31 +271,43 @@ def main() -> None:
     q, k, w = (t.requires_grad_(True) for t in (q, k, w))
     kinetic = torch.rand(B, T, generator=g, requires_grad=True)
     label = "v1 oracle force g and L, 1 head × 128, forward + backward: two flash calls and the algebra"
-    rows.append([label, milliseconds(backward(_two_flash_calls, q, k, w, kinetic, scale), args.repeats)])
+    force = {label: backward(_two_flash_calls, q, k, w, kinetic, scale)}
     for block in (64, 128, 256):
         used = " (used)" if block == prefix_force_kernel.ROW_BLOCK else ""
         fused = lambda q, k, w, b, block=block: prefix_force_kernel.prefix_force(q, k, w, b, scale, block)
-        label = f"… one materialised pass, row block {block}{used}"
-        rows.append([label, milliseconds(backward(fused, q[:, 0], k[:, 0], w[:, 0], kinetic), args.repeats)])
+        force[f"… one materialised pass, row block {block}{used}"] = backward(fused, q[:, 0], k[:, 0], w[:, 0], kinetic)
+    interleaved_rows(rows, force, args.repeats)
     only_flash = lambda q, k, w: softmax_average_with_normaliser(q, k, w, None, scale=scale, causal=True)[1]
-    label = "v1 oracle L alone (the force not read), forward + backward: one flash call"
-    rows.append([label, milliseconds(backward(only_flash, q, k, w), args.repeats)])
     only = lambda q, k: prefix_force_kernel.prefix_log_normaliser(q, k, scale)
-    label = "… the materialised pass (used)"
-    rows.append([label, milliseconds(backward(only, q[:, 0], k[:, 0]), args.repeats)])
+    normaliser = {
+        "v1 oracle L alone (the force not read), forward + backward: one flash call": backward(only_flash, q, k, w),
+        "… the materialised pass (used)": backward(only, q[:, 0], k[:, 0]),
+    }
+    interleaved_rows(rows, normaliser, args.repeats)
 
     # the v1 oracle's first pass returns the average and L; dL reaches the kernel's backward pass either
     # through one more column or folded into the output it is handed (softmax_ops._fold_log_norm_gradient)
     x = [torch.randn(B, 1, T, 128, generator=g, requires_grad=True) for _ in range(3)]
     weights = torch.randn(B, 1, T, 128, generator=g)
-    with_normaliser = lambda q, k, v: _sum_average_and_normaliser(q, k, v, weights)
-    for floor, label in [
-        (float("inf"), "(average, L) of 1 head × 128, forward + backward with dL: one more column (129 wide)"),
-        (softmax_ops._FOLD_FLOOR, "… dL folded into the output handed to the kernel (used on the flash path)"),
-    ]:
-        default, softmax_ops._FOLD_FLOOR = softmax_ops._FOLD_FLOOR, floor
-        rows.append([label, milliseconds(backward(with_normaliser, *x), args.repeats)])
-        softmax_ops._FOLD_FLOOR = default
+    with_normaliser = backward(lambda q, k, v: _sum_average_and_normaliser(q, k, v, weights), *x)
+
+    def with_fold_floor(floor):  # the step with softmax_ops._FOLD_FLOOR set to ``floor`` while it runs
+        def run():
+            default, softmax_ops._FOLD_FLOOR = softmax_ops._FOLD_FLOOR, floor
+            try:
+                with_normaliser()
+            finally:
+                softmax_ops._FOLD_FLOOR = default
+
+        return run
+
+    fold = {
+        "(average, L) of 1 head × 128, forward + backward with dL: one more column (129 wide)": with_fold_floor(
+            float("inf")
+        ),
+        "… dL folded into the output handed to the kernel (used on the flash path)": with_normaliser,
+    }
+    interleaved_rows(rows, fold, args.repeats)
 
     vocab, tokens = 50304, 1024
     rows_per_chunk = loss_module.rows_per_chunk(tokens, vocab)  # the chunk the fused loss uses here
@@ -297,14 +315,18 @@ def main() -> None:
     source = h_chunk @ head.T
     chunk, index = torch.empty_like(source), torch.randint(0, vocab, (rows_per_chunk, 1), generator=g)
     weights = torch.full((rows_per_chunk, 1), 1.0 / tokens)
-    for fn, label in [
-        (_chunk_by_passes, f"cross-entropy chunk ({rows_per_chunk} × {vocab} logits): max, subtract, exp, sum, scale"),
-        (_chunk_by_softmax, "… the softmax kernel written over the logits (used)"),
-    ]:
-        rows.append(
-            [label, milliseconds(lambda fn=fn: fn(chunk.copy_(source), index, weights, h_chunk, head), args.repeats)]
-        )
-    rows.append(["… copying the chunk in, included in both", milliseconds(lambda: chunk.copy_(source), args.repeats)])
+    cross_entropy = {
+        label: lambda fn=fn: fn(chunk.copy_(source), index, weights, h_chunk, head)
+        for fn, label in [
+            (
+                _chunk_by_passes,
+                f"cross-entropy chunk ({rows_per_chunk} × {vocab} logits): max, subtract, exp, sum, scale",
+            ),
+            (_chunk_by_softmax, "… the softmax kernel written over the logits (used)"),
+        ]
+    }
+    cross_entropy["… copying the chunk in, included in both"] = lambda: chunk.copy_(source)
+    interleaved_rows(rows, cross_entropy, args.repeats)
     h = torch.randn(tokens, 64, generator=g, requires_grad=True)
     head = (0.02 * torch.randn(vocab, 64, generator=g)).requires_grad_(True)
     targets = torch.randint(0, vocab, (tokens,), generator=g)
@@ -318,23 +340,25 @@ def main() -> None:
         finally:
             loss_module.rows_per_chunk = even
 
-    times = interleaved_times({"even": fused, "uneven": uneven_chunks}, rounds=args.repeats, repeats=1)
     label = f"fused head + cross-entropy, {tokens} tokens × {vocab} (the primary shape), forward + backward"
-    rows.append([f"{label}: chunks of {rows_per_chunk} tokens (used: split evenly)", 1e3 * median(times["even"])])
-    label = f"… chunks of {full} tokens and the rest ({tokens % full}), interleaved with the above"
-    rows.append([label, 1e3 * median(times["uneven"])])
+    splits = {
+        f"{label}: chunks of {rows_per_chunk} tokens (used: split evenly)": fused,
+        f"… chunks of {full} tokens and the rest ({tokens % full})": uneven_chunks,
+    }
+    interleaved_rows(rows, splits, args.repeats)
 
     from sympformer.nn import SympFormerConfig, SympFormerLM
 
     model = SympFormerLM(SympFormerConfig(vocab_size=50304, n_layer=4, n_head=4, n_embd=64, block_size=128, arch="H0"))
     for parameter in model.parameters():
         parameter.grad = torch.randn(parameter.shape, generator=g)
+    optimizers = {}
     for kind in ("for-loop", "foreach", "fused"):
         flags = {"foreach": kind == "foreach", "fused": kind == "fused"}
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, **flags)
         used = " (used)" if kind == "fused" else ""
         label = f"AdamW step over H0's parameters at the primary shape (6.7 M), {kind}{used}"
-        rows.append([label, milliseconds(optimizer.step, args.repeats)])
+        optimizers[label] = torch.optim.AdamW(model.parameters(), lr=1e-4, **flags).step
+    interleaved_rows(rows, optimizers, args.repeats)
 
     body = markdown_table(["operation", "ms (median)"], [[name, f"{ms:.1f}"] for name, ms in rows])
     print(body)

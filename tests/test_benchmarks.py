@@ -50,6 +50,20 @@ def test_interleaving_rotates_the_order_every_round():
     assert measured == list("aabbcc") + list("bbccaa") + list("ccaabb")
 
 
+def test_kernel_rows_time_a_question_s_variants_interleaved():
+    """benchmarks/kernels.py: one row per variant, in the given order, each the median of its calls, which
+    alternate with the other variants' (a sequential timing let a slow phase fall on one variant)."""
+    from kernels import interleaved_rows
+
+    calls: list[str] = []
+    variants = {label: (lambda label=label: calls.append(label)) for label in ("first", "… second")}
+    rows = [["earlier", 1.0]]
+    interleaved_rows(rows, variants, rounds=4)
+    assert [label for label, _ in rows] == ["earlier", "first", "… second"]
+    assert all(ms >= 0 for _, ms in rows[1:])
+    assert calls[2:] == ["first", "… second", "… second", "first"] * 2  # after one warm-up call each
+
+
 def test_sections_are_replaced_in_place_and_others_kept(tmp_path):
     results = tmp_path / "RESULTS.md"
     write_section(results, "one", "First", "figures 1")

@@ -22,9 +22,10 @@ are (merging its heads is a view, as of the fused kernel's output), a group that
 gradient are let go as soon as its recipe has taken them. H1's and R2's peaks at the attention-heavy
 benchmark shape are then those of one call per group.
 
-Four groups of 64 at that shape (2 × 4 heads, context 1024), forward and backward: 103 ms at row block
-128 (93 at 64, 96 at 256), against 156 ms for one fused call with q and k padded and 174 ms for one call
-per group (benchmarks/kernels.py, one run). For one group of q's width the pass is no faster than the
+Four groups of 64 at that shape (2 × 4 heads, context 1024), forward and backward: 78 ms at row block
+128 (80 at 64, 84 at 256), against 139 ms for one fused call with q and k padded and 151 ms for one call
+per group (benchmarks/kernels.py, the variants interleaved; an earlier sequential run read 103, 93 and
+96 against 156 and 174). For one group of q's width the pass is no faster than the
 fused kernel (38.0 ms against 37.8, 42.4 and 51.0 at row blocks of 64, 128 and 256; one-off), so a
 single group keeps the kernel.
 """
