@@ -2,10 +2,14 @@
 against the same model in float64 on the CPU (the test suite's reference precision), at a tiny shape.
 
 - float64 on the device: the same function to rounding (relative error ≤ 1e-10); on a GPU this runs
-  the generic (unfused) kernels and the sentinel-key normaliser, which the CPU tests reach only
-  through masks and compilation;
+  the generic (unfused) kernels and the sentinel-key normaliser (the CPU tests take the same code
+  with the CPU-only kernels switched off: tests/nn/test_device_paths.py);
 - float32 on the device (TF32 off): relative error ≤ 1e-4;
 - bf16 autocast on the device: loss within 2 %, gradient cosine ≥ 0.99 against the float64 gradient.
+
+The tiny shape takes none of the large-activation branches (`recompute.MIN_ELEMENTS`: rebuilt value
+groups and LayerNorm inputs) that the benchmark shapes take; tests/nn/test_device_paths.py takes them,
+with the device's kernel choices, on the CPU.
 
 Relative error: ‖got − want‖ / ‖want‖ over the loss and over all gradients stacked. Exit status 1 if
 any architecture fails (the benchmarks that follow still run; their figures are then suspect).

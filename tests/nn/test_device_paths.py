@@ -1,0 +1,67 @@
+"""What a GPU runs, checked on the CPU: every architecture with the CPU-only kernels switched off and the
+large-activation branches taken gives the default CPU path's loss and gradients (float64).
+
+On a GPU the softmax averages go through SDPA with the sentinel key for L (not the CPU flash kernel's own
+normaliser), the v1 oracle makes two flash calls (not the materialised pass), and the connection's value
+groups take one call per group (not row blocks). At the benchmark shapes the large-activation branches
+(`recompute.MIN_ELEMENTS`: rebuilt value groups and LayerNorm inputs, the recomputed connection algebra)
+are taken too, which `benchmarks/gpu_check.py`'s tiny shape never reaches on the device. This test takes
+all of them together at a tiny shape, so that a device run is not the first to execute them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sympformer import softmax_ops
+from sympformer.nn import ARCHS, SympFormerConfig, SympFormerLM, attention, recompute, v1_oracles
+
+TINY = dict(vocab_size=29, n_layer=2, n_head=2, n_embd=16, block_size=20)
+
+
+def loss_and_gradients(arch: str) -> torch.Tensor:
+    """[loss, every gradient] of a float64 model whose scalars sit away from their initial values."""
+    model = SympFormerLM(SympFormerConfig(**TINY, arch=arch), seed=0).double()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(".raw"):
+                p.add_(0.3 * torch.sin(torch.tensor(float(len(name)))))
+    idx = torch.randint(0, TINY["vocab_size"], (2, TINY["block_size"]), generator=torch.Generator().manual_seed(3))
+    _, loss = model(idx, idx, return_logits=False)
+    loss.backward()
+    grads = [p.grad.flatten() for p in model.parameters() if p.grad is not None]
+    return torch.cat([loss.detach().reshape(1), *grads])
+
+
+def take_the_device_paths(monkeypatch) -> None:
+    monkeypatch.setattr(softmax_ops, "_cpu_flash_applies", lambda *args, **kwargs: False)
+    monkeypatch.setattr(v1_oracles, "materialised_applies", lambda q: False)
+    monkeypatch.setattr(attention, "row_blocks_serve", lambda *args, **kwargs: False)
+    monkeypatch.setattr(recompute, "MIN_ELEMENTS", 0)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_the_device_paths_give_the_cpu_paths_loss_and_gradients(monkeypatch, arch):
+    want = loss_and_gradients(arch)
+    take_the_device_paths(monkeypatch)
+    got = loss_and_gradients(arch)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+
+
+def test_the_device_paths_are_taken(monkeypatch):
+    """The switches reach the code: with them, H1's four value groups [w, k, dk, s·w] go one SDPA call each
+    and the v1 oracle makes two SDPA calls (one in the last layer, whose force is not read), never the CPU
+    flash kernel or the materialised pass."""
+    take_the_device_paths(monkeypatch)
+    sdpa_calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(
+        torch.nn.functional, "scaled_dot_product_attention", lambda *a, **k: sdpa_calls.append(1) or sdpa(*a, **k)
+    )
+    monkeypatch.setattr(softmax_ops._CPUFlashAverage, "apply", lambda *a: pytest.fail("CPU flash kernel used"))
+    monkeypatch.setattr(v1_oracles, "prefix_force", lambda *a: pytest.fail("materialised pass used"))
+    for arch, calls in (("H1", 4 + 4), ("v1_fe", 2 + 1)):
+        sdpa_calls.clear()
+        loss_and_gradients(arch)
+        assert len(sdpa_calls) == calls, arch
