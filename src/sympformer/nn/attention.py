@@ -69,13 +69,14 @@ def _value_group_calls(q: Tensor, k: Tensor, widths: list[int], dropout: float) 
     values' total width: the same arithmetic as one call per group (Σ_g (q·k over d + P v over d)
     against q·k over Σ_g d + P v over Σ_g d), but the padded q, k, their gradients and the padded output
     gradient live through the kernel's backward pass. At the attention-heavy shape (the connection's
-    four groups of 64, forward and backward on the CPU) the joined call peaked at 74 MiB in 140 ms, two
-    calls of two groups at 50 MiB in 142 ms, one call per group at 28 MiB in 160 ms: each call runs its
-    own softmax pass (benchmarks/kernels.py). Row blocks form the scores once, at q's width, for every
-    group: H1's step at that shape 1.69× H0's against 2.34× with a call per group, R2's 2.12× against
-    2.43×, at the same peak memory (one-off interleaved run). Small activations keep the one fused call,
-    whose per-call overhead shows there (H1's primary shape: 4.2–6.0 against 6.2–6.8 ms a layer for a
-    call per group; with row blocks H1's step 4.7 % and R2's 14.4 % slower, one-off interleaved run)."""
+    four groups of 64, forward and backward on the CPU) the joined call peaked at 74 MiB in 139 ms, two
+    calls of two groups at 50 MiB in 140 ms, one call per group at 28 MiB in 151 ms: each call runs its
+    own softmax pass (benchmarks/kernels.py, the variants interleaved). Row blocks form the scores once,
+    at q's width, for every group: H1's step at that shape 1.69× H0's against 2.34× with a call per
+    group, R2's 2.12× against 2.43×, at the same peak memory (one-off interleaved run). Small activations
+    keep the one fused call, whose per-call overhead shows there (H1's primary shape: 4.2–6.0 against
+    6.2–6.8 ms a layer for a call per group; with row blocks H1's step 4.7 % and R2's 14.4 % slower,
+    one-off interleaved run)."""
     if q.numel() < recompute.MIN_ELEMENTS or len(widths) < 2:
         return "joined"
     if row_blocks_serve(q, k, widths, causal=True, dropout_p=dropout):

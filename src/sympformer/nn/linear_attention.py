@@ -27,7 +27,7 @@ pass, and one such inverse serves both solves and the backward pass of one autog
 (:class:`_RidgeProxySolves`); the gradient reaches k and q through a reverse prefix-linear pass
 instead of (T, r, r) gradient tensors. The alternatives are timed in benchmarks/kernels.py
 (RESULTS.md, "Kernel choices"): per-position Grams with one batched LU factorisation and `lu_solve`
-per solve (LAPACK's per-matrix calls: 3–4.5× the chunked float64 inverses and solves), or
+per solve (LAPACK's per-matrix calls: 3–5× the chunked float64 inverses and solves), or
 `torch.linalg.solve` or Cholesky solves under autograd (the derivative of the factorisation is the
 cost); the r = 16 reverse pass is fastest with short chunks.
 """
