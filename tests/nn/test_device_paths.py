@@ -19,18 +19,20 @@ from sympformer.nn import ARCHS, SympFormerConfig, SympFormerLM, attention, reco
 TINY = dict(vocab_size=29, n_layer=2, n_head=2, n_embd=16, block_size=20)
 
 
-def loss_and_gradients(arch: str) -> torch.Tensor:
-    """[loss, every gradient] of a float64 model whose scalars sit away from their initial values."""
-    model = SympFormerLM(SympFormerConfig(**TINY, arch=arch), seed=0).double()
+def loss_and_gradients(arch: str, dtype=torch.float64, bf16: bool = False) -> torch.Tensor:
+    """[loss, every gradient] of a model whose scalars sit away from their initial values (``bf16``:
+    under bfloat16 autocast, as the GPU benchmarks and training run)."""
+    model = SympFormerLM(SympFormerConfig(**TINY, arch=arch), seed=0).to(dtype)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith(".raw"):
                 p.add_(0.3 * torch.sin(torch.tensor(float(len(name)))))
     idx = torch.randint(0, TINY["vocab_size"], (2, TINY["block_size"]), generator=torch.Generator().manual_seed(3))
-    _, loss = model(idx, idx, return_logits=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        _, loss = model(idx, idx, return_logits=False)
     loss.backward()
     grads = [p.grad.flatten() for p in model.parameters() if p.grad is not None]
-    return torch.cat([loss.detach().reshape(1), *grads])
+    return torch.cat([loss.detach().reshape(1), *grads]).double()
 
 
 def take_the_device_paths(monkeypatch) -> None:
@@ -47,6 +49,19 @@ def test_the_device_paths_give_the_cpu_paths_loss_and_gradients(monkeypatch, arc
     got = loss_and_gradients(arch)
     assert got.shape == want.shape
     torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_the_device_paths_under_bf16_autocast_track_float32(monkeypatch, arch):
+    """The same switches under bfloat16 autocast (the GPU runs' precision; the dtypes the sentinel key and
+    the per-group calls meet there): within bfloat16's resolution of the float32 CPU path, by
+    benchmarks/gpu_check.py's measures (loss within 2 %, gradient cosine ≥ 0.99)."""
+    want = loss_and_gradients(arch, torch.float32)
+    take_the_device_paths(monkeypatch)
+    got = loss_and_gradients(arch, torch.float32, bf16=True)
+    assert got.shape == want.shape
+    assert abs(got[0] - want[0]) <= 0.02 * abs(want[0])
+    assert torch.nn.functional.cosine_similarity(got[1:], want[1:], dim=0) >= 0.99
 
 
 def test_the_device_paths_are_taken(monkeypatch):
