@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
+from torch.utils.checkpoint import checkpoint
 
 from sympformer.rebuilt import Piece, Rebuilt, formed, piece_width  # noqa: F401 (re-exported)
 from sympformer.rebuilt import flattened as _flattened
@@ -37,6 +38,12 @@ def _pad_width(t: Tensor, width: int) -> Tensor:
 
 
 _CPU_FLASH_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
+
+# The CPU's own kernels: the fused CPU flash kernel's Function (L from the kernel, recipes kept), the
+# materialised pass of several value groups and the v1 oracle's. False: the CPU takes the code a GPU takes
+# (SDPA with the sentinel key for L, one call per value group, the oracle's two flash calls), to test it
+# and to estimate a GPU run's memory (tests/nn/test_device_paths.py, benchmarks/memory.py --device-paths)
+CPU_KERNELS = True
 
 
 # |dO_i|² below this takes the extra column: above it dO_i / |dO_i|² ≤ 1e15 and the squared norm sits far
@@ -151,7 +158,9 @@ def _cpu_flash_applies(q: Tensor, k: Tensor, mask: Tensor | None, dropout_p: flo
     no dropout. Under torch.compile SDPA itself is traced (inductor picks the kernel and what to save):
     in torch 2.13, dynamo's tracing of this autograd.Function fails once a second model compiles in the
     same process ("lift_tracked_freevar_to_input should not be called on root SubgraphTracer")."""
-    eligible = q.device.type == "cpu" and q.dtype in _CPU_FLASH_DTYPES and mask is None and dropout_p == 0
+    eligible = (
+        CPU_KERNELS and q.device.type == "cpu" and q.dtype in _CPU_FLASH_DTYPES and mask is None and dropout_p == 0
+    )
     return eligible and q.shape[-2] > 0 and k.shape[-2] > 0 and not torch.compiler.is_compiling()
 
 
@@ -208,6 +217,25 @@ def _cpu_flash(q: Tensor, k: Tensor, pieces: Sequence[Piece], scale: float, caus
     return out.reshape(*batch, length, out.shape[-1]), log_norm.reshape(*batch, length)
 
 
+def _recipe_alone(pieces: Sequence[Piece]) -> bool:
+    """One value group given by its recipe (a :class:`Rebuilt` piece not yet formed), under autograd and
+    eager: the call for :func:`_average_of_recipe`."""
+    alone = len(pieces) == 1 and isinstance(pieces[0], Rebuilt) and pieces[0].value is None
+    return alone and torch.is_grad_enabled() and not torch.compiler.is_compiling()
+
+
+def _average_of_recipe(q: Tensor, k: Tensor, piece: Rebuilt, **options) -> Tensor:
+    """Σ_j P_ij v_j for a value v given by its recipe, through SDPA as a checkpoint region. SDPA keeps the
+    values it is handed for its backward pass; here only q, k and the recipe's inputs are kept (H1/R2's
+    dk = W_K u and s·w along u: u, W_K and w, which the connection keeps anyway), and the backward pass
+    forms v again and repeats the call's forward pass before its own: one more fused forward pass for a
+    (B, T, C) tensor a group. What the CPU kernel's Function does by itself (:class:`_CPUFlashAverage`),
+    for the other devices, one call per value group (``attention._value_group_calls``)."""
+    call = lambda q, k, *inputs: softmax_average_of(q, k, [piece.fn(*inputs)], **options)
+    random = options.get("dropout_p", 0.0) > 0  # the same dropout mask when the call is repeated
+    return checkpoint(call, q, k, *piece.inputs, use_reentrant=False, preserve_rng_state=random)
+
+
 def softmax_average_of(
     q: Tensor,
     k: Tensor,
@@ -224,6 +252,8 @@ def softmax_average_of(
     may be :class:`Rebuilt`."""
     if _cpu_flash_applies(q, k, mask, dropout_p):
         return _cpu_flash(q, k, pieces, scale, causal)[0]
+    if _recipe_alone(pieces):
+        return _average_of_recipe(q, k, pieces[0], scale=scale, causal=causal, mask=mask, dropout_p=dropout_p)
     pieces = formed(pieces)
     rows = _query_rows_per_call(q, k, mask, causal, dropout_p)
     if rows < q.shape[-2]:  # no fused kernel for the dtype: keep each call's score matrix within budget

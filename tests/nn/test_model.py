@@ -185,15 +185,20 @@ def test_connection_value_groups_each_way(attention, monkeypatch, calls):
         torch.testing.assert_close(g, g_ref, rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("device_paths", [False, True])
 @pytest.mark.parametrize("second_pass", [False, True])
-def test_direction_values_are_formed_again_not_kept_with_large_activations(monkeypatch, second_pass):
+def test_direction_values_are_formed_again_not_kept_with_large_activations(monkeypatch, second_pass, device_paths):
     """Above the size threshold the connection's value groups along u, dk = W_K u and s·w, are formed
-    again in the kernel's backward pass: what the connection keeps is two (B, T, C) tensors and s = ‖u‖²
-    fewer than with the groups formed in the forward pass and kept (H1's one call and R2's second one)."""
+    again in the backward pass: what the connection keeps is two (B, T, C) tensors and s = ‖u‖² fewer
+    than with the groups formed in the forward pass and kept (H1's one call and R2's second one). On the
+    CPU the materialised pass keeps their recipes; ``device_paths``: as on a GPU, one SDPA call per
+    group, the calls on dk and s·w as checkpoint regions."""
     import sympformer.nn.recompute as recompute_module
+    from sympformer import softmax_ops
     from sympformer.softmax_ops import formed
 
     monkeypatch.setattr(recompute_module, "MIN_ELEMENTS", 0)
+    monkeypatch.setattr(softmax_ops, "CPU_KERNELS", not device_paths)
     torch.manual_seed(0)
     attn = CausalSelfAttention(n_embd=16, n_head=2, bias=False, dropout=0.0)
     z, v = torch.randn(2, 32, 16, requires_grad=True), torch.randn(2, 32, 16, requires_grad=True)
@@ -202,7 +207,10 @@ def test_direction_values_are_formed_again_not_kept_with_large_activations(monke
     recipes = attn._direction_values
     monkeypatch.setattr(attn, "_direction_values", lambda *a: formed(recipes(*a)))
     kept_formed = sum(saved_storages(run).values())
-    assert kept_formed - rebuilt == (2 * z.numel() + z[..., 0].numel()) * 4
+    # dk and s·w, and s; on the device paths also the log-normaliser rows (B, H, T) SDPA keeps with each
+    # of the two calls' outputs (the checkpoint regions keep neither)
+    log_normalisers = 2 * z.shape[0] * attn.n_head * z.shape[1] if device_paths else 0
+    assert kept_formed - rebuilt == (2 * z.numel() + z[..., 0].numel() + log_normalisers) * 4
 
 
 def test_value_groups_apart_hold_no_padded_copies(monkeypatch):

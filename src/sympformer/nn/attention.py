@@ -295,7 +295,10 @@ class CausalSelfAttention(AttentionBase):
         activations under autograd, as :class:`Rebuilt` recipes: the CPU kernel then keeps u and w (kept
         anyway, by the connection's algebra and the first call) and forms dk and s·w again in its
         backward pass, a (tokens × C) by (C × C) product and a scaling, instead of keeping two (B, T, C)
-        tensors a layer (H1 at the attention-heavy shape: 249.6 → 233.5 MiB)."""
+        tensors a layer (H1 at the attention-heavy shape: 249.6 → 233.5 MiB). Elsewhere (a GPU) each of
+        the two groups takes its own SDPA call as a checkpoint region, which also repeats the call's
+        forward pass (``softmax_ops._average_of_recipe``; the same shape with those paths forced on the
+        CPU: 249.6 → 233.3 MiB)."""
         w_k = self.projection_weight("k")
         sw = lambda u, w: u.square().sum(-1)[:, None, :, None] * w
         if torch.is_grad_enabled() and q.numel() >= recompute.MIN_ELEMENTS:
