@@ -17,7 +17,14 @@ measured step; on CPU each architecture in a fresh process.
 Every architecture is measured twice: as configured by default, and with
 `activation_checkpointing: true` (each block recomputed in the backward pass; B too, for the ratio).
 
-    python benchmarks/memory.py [--device cpu] [--shapes primary,heavy,linear,v1]
+`--device-paths` (CPU): the CPU takes the code a GPU takes instead of its own kernels
+(`softmax_ops.CPU_KERNELS = False`: SDPA with the sentinel key, one SDPA call per value group, the v1
+oracle's two flash calls), an estimate of a GPU run's float32 peaks where none is at hand. Against
+the H200's figures (2026-11-28, code of then) it read B 180.3 against 182.3 MiB and H0 201.2 against
+202.3 at the heavy shape, the v1 oracle's excess lower (v1_fe 1.59× B against 1.81×: a GPU's SDPA
+takes another kernel for the sentinel call's 129-wide heads in float32).
+
+    python benchmarks/memory.py [--device cpu] [--shapes primary,heavy,linear,v1] [--device-paths]
 """
 
 from __future__ import annotations
@@ -138,7 +145,15 @@ def main() -> None:
     options.add_device(parser)
     options.add_shapes(parser, SHAPES)
     options.add_results(parser)
+    parser.add_argument(
+        "--device-paths",
+        action="store_true",
+        help="on the CPU, run the code a GPU runs instead of the CPU's own kernels (an estimate of a GPU's peaks)",
+    )
     args = parser.parse_args()
+    if args.device_paths and args.device != "cpu":
+        parser.error("--device-paths is for the CPU (a GPU takes those paths by itself)")
+    prelude = "import sympformer.softmax_ops\nsympformer.softmax_ops.CPU_KERNELS = False\n" if args.device_paths else ""
     sections, failed = [], []
     for shape in args.shapes:
         fields, batch, archs, _ = SHAPES[shape]
@@ -150,8 +165,8 @@ def main() -> None:
                 dict(zip(archs, found[len(archs) :], strict=True)),
             )
         else:
-            plain = {arch: measure(fields, batch, arch, args.device) for arch in archs}
-            recomputing = {arch: measure(checkpointed, batch, arch, args.device) for arch in archs}
+            plain = {arch: measure(fields, batch, arch, args.device, prelude) for arch in archs}
+            recomputing = {arch: measure(checkpointed, batch, arch, args.device, prelude) for arch in archs}
 
         def cells(m: dict | None, base: dict | None, key: str = "allocated_mb") -> list[str]:
             if m is None:
@@ -178,9 +193,10 @@ def main() -> None:
         sections.append(text)
         failed += [arch for arch in archs if plain[arch] is None or recomputing[arch] is None]
     device = args.device.split(":")[0]
-    write_section(
-        args.results, f"memory-{device}", f"Peak training memory ({args.device})", "\n".join(sections), args.device
-    )
+    key, title = f"memory-{device}", f"Peak training memory ({args.device})"
+    if args.device_paths:
+        key, title = "memory-cpu-device-paths", "Peak training memory with a GPU's code paths (cpu)"
+    write_section(args.results, key, title, "\n".join(sections), args.device)
     if failed:
         sys.exit(f"not measured: {', '.join(failed)}")
 
