@@ -20,9 +20,10 @@ Every architecture is measured twice: as configured by default, and with
 `--device-paths` (CPU): the CPU takes the code a GPU takes instead of its own kernels
 (`softmax_ops.CPU_KERNELS = False`: SDPA with the sentinel key, one SDPA call per value group, the v1
 oracle's two flash calls), an estimate of a GPU run's float32 peaks where none is at hand. Against
-the H200's figures (2026-11-28, code of then) it read B 180.3 against 182.3 MiB and H0 201.2 against
-202.3 at the heavy shape, the v1 oracle's excess lower (v1_fe 1.59× B against 1.81×: a GPU's SDPA
-takes another kernel for the sentinel call's 129-wide heads in float32).
+the H200's figures (2026-11-28) it read B 180.3 against 182.3 MiB and H0 201.2 against 202.3 at the
+heavy shape; with the v1 oracle's calls kept (as they were then) the one-call v1 schemes 1.59–1.68× B
+against the H200's 1.81–1.97×, so there it estimates low. At the primary shape the GPU's peaks are
+dominated by what B itself holds there (658 MiB), and the ratios are not comparable.
 
     python benchmarks/memory.py [--device cpu] [--shapes primary,heavy,linear,v1] [--device-paths]
 """

@@ -65,8 +65,8 @@ def test_the_device_paths_under_bf16_autocast_track_float32(monkeypatch, arch):
 def test_the_device_paths_are_taken(monkeypatch):
     """The switches reach the code: with them, H1's four value groups [w, k, dk, s·w] go one SDPA call each,
     and the calls on dk and s·w, which are kept as their recipes, run once more in the backward pass; the
-    v1 oracle makes two SDPA calls (one in the last layer, whose force is not read); never the CPU flash
-    kernel or the materialised pass."""
+    v1 oracle makes two SDPA calls, run once more in the backward pass (one in the last layer, whose
+    force is not read); never the CPU flash kernel or the materialised pass."""
     take_the_device_paths(monkeypatch)
     sdpa_calls = []
     sdpa = torch.nn.functional.scaled_dot_product_attention
@@ -75,7 +75,25 @@ def test_the_device_paths_are_taken(monkeypatch):
     )
     monkeypatch.setattr(softmax_ops._CPUFlashAverage, "apply", lambda *a: pytest.fail("CPU flash kernel used"))
     monkeypatch.setattr(v1_oracles, "prefix_force", lambda *a: pytest.fail("materialised pass used"))
-    for arch, calls in (("H1", 2 * (4 + 2)), ("v1_fe", 2 + 1)):
+    for arch, calls in (("H1", 2 * (4 + 2)), ("v1_fe", 2 + 2 + 1)):
         sdpa_calls.clear()
         loss_and_gradients(arch)
         assert len(sdpa_calls) == calls, arch
+
+
+def test_the_v1_oracle_on_the_sentinel_path_keeps_only_its_inputs(monkeypatch):
+    """With the sentinel key (a GPU), the oracle's two calls and their algebra are a checkpoint region: it
+    keeps q, k, w and b, not the sentinel call's q, keys, values and output (one row and one column wider
+    than q), s·w, the second call's output, y and the algebra's products: over eight (B, T, C) tensors
+    fewer than the same calls kept."""
+    from sympformer.benchmarking import saved_storages
+
+    take_the_device_paths(monkeypatch)
+    torch.manual_seed(0)
+    oracle = v1_oracles.CausalPrefixForce(16, 2, bias=False).double()
+    x, p = (torch.randn(2, 24, 16, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    run = lambda: oracle.evaluate(x, p).force
+    region = sum(saved_storages(run).values())
+    monkeypatch.setattr(v1_oracles, "recomputed", lambda fn, *inputs: fn(*inputs))
+    kept = sum(saved_storages(run).values())
+    assert kept - region > 8 * x.numel() * x.element_size()

@@ -10,7 +10,8 @@ CausalPrefixForce (notes §7; the default): one kernel shared by the heads,
   (1/i) Σ_j E_ij v_j = z_i Σ_j P_ij v_j with P the causal softmax. On CPU (float32/64, eager, no
   generation cache) one materialised pass gives log z and the average inside W_O (:mod:`prefix_force_kernel`);
   elsewhere one flash call on the values w that also returns log z (the CPU kernel's own normaliser,
-  else a sentinel key), then one on s w.
+  else a sentinel key), then one on s w (with the sentinel key, eager and with large activations, a
+  checkpoint region: :meth:`CausalPrefixForce._flash_force`).
 
 PrefixLinearForce (notes §2.4 with the prefix count 1/i in place of v1's 1/T):
     F_i = (1/i) Σ_{j≤i} ((A x_i)·x_j) p_j,   G_i = −(1/i) Σ_{j≤i} (p_i·p_j) A x_j + V x_i.
@@ -32,6 +33,8 @@ from sympformer.integrators.oracle import Evaluation
 from sympformer.nn.attention import CallCounter, CausalSelfAttention
 from sympformer.nn.linear_attention import prefix_linear
 from sympformer.nn.prefix_force_kernel import materialised_applies, prefix_force, prefix_log_normaliser
+from sympformer.nn.recompute import recomputed
+from sympformer.softmax_ops import kernel_log_normaliser
 
 
 def _through_metric(grad_bp: Tensor, p: Tensor, b_theta: Tensor) -> tuple[Tensor, Tensor]:
@@ -126,11 +129,15 @@ class CausalPrefixForce(CausalSelfAttention):
         into the per-token factor 1/z, so the scale costs no pass over the stream)."""
         q, k, w = self.project(x)
         kinetic, bp = kinetic_terms(p, self.b_theta) if need_force else (None, None)  # ⟨B p_i, p_i⟩, B p
-        materialised = self.cache is None and materialised_applies(q)
-        if materialised:
+        if self.cache is None and materialised_applies(q):
             log_norm, inner = self._materialised_force(q, k, w, kinetic)
+        elif not need_force:
+            log_norm, inner = self._average_with_normaliser(q, k, w)[1], None
+        elif self.cache is None and not kernel_log_normaliser(q, k) and not torch.compiler.is_compiling():
+            # the sentinel key (a GPU), eager: see _flash_force
+            log_norm, inner = recomputed(self._flash_force, q, k, w, kinetic)
         else:
-            (w_avg,), log_norm = self._average_with_normaliser(q, k, w)
+            log_norm, inner = self._flash_force(q, k, w, kinetic)
         log_z = log_norm - torch.log(self.positions(q.shape[-2], log_norm))  # (B, T)
         inv_z = torch.exp(-log_z)
         velocity_factor = (velocity_scale * inv_z).unsqueeze(-1)
@@ -139,11 +146,25 @@ class CausalPrefixForce(CausalSelfAttention):
         drift = lambda x, h, p_new: metric_drift(x, h, p_new, self.b_theta, velocity_factor)
         if not need_force:
             return Evaluation(velocity, torch.zeros_like(p), velocity_map, drift_step=drift)
-        if not materialised:
-            s = (kinetic * inv_z.square())[:, None, :, None]  # ⟨B p_i, p_i⟩ / z_i²
-            (sw_avg,) = self.aggregate(q, k, [s * w], new_softmax=False, slot="second")
-            inner = torch.addcmul(sw_avg, s + 2, w_avg) * (0.5 * torch.exp(log_z))[:, None, :, None]
         return Evaluation(velocity, self.output(inner), velocity_map, drift_step=drift)
+
+    def _flash_force(self, q: Tensor, k: Tensor, w: Tensor, kinetic: Tensor) -> tuple[Tensor, Tensor]:
+        """(L, the force before W_O) from two fused calls: (y, L) from the first, y2 = Σ_j P_ij s_j w_j
+        with s = b / z² (which needs L) from a second, then (z / 2) ((s + 2) y + y2).
+
+        With the sentinel key (a GPU), eager and with large activations, the two calls and their algebra
+        form a checkpoint region (:func:`~sympformer.nn.recompute.recomputed`): SDPA keeps what it is handed,
+        here the sentinel call's q, keys and values one row and one column wider than q and the values
+        s·w, and the algebra keeps y and more; the region keeps q, k, w and b, and the backward pass
+        repeats both calls' forward passes. With a GPU's code on the CPU (benchmarks/memory.py
+        --device-paths, the v1 shape) the one-call schemes' peaks went from 1.59–1.68× B's to 1.27–1.29×
+        (as with the CPU's materialised pass), doubling's from 4.78× to 3.18×; the H200 measured
+        1.81–1.97× with the calls kept. The time this costs on a GPU is not measured yet."""
+        (w_avg,), log_norm = self._average_with_normaliser(q, k, w)
+        log_z = log_norm - torch.log(self.positions(q.shape[-2], log_norm))
+        s = (kinetic * torch.exp(-log_z).square())[:, None, :, None]  # ⟨B p_i, p_i⟩ / z_i²
+        (sw_avg,) = self.aggregate(q, k, [s * w], new_softmax=False, slot="second")
+        return log_norm, torch.addcmul(sw_avg, s + 2, w_avg) * (0.5 * torch.exp(log_z))[:, None, :, None]
 
     def _materialised_force(self, q: Tensor, k: Tensor, w: Tensor, kinetic: Tensor | None):
         """(L, the force before W_O: (1/(2i)) Σ_j E_ij (s_i + s_j + 2) w_j) from ONE materialised pass
