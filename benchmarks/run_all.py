@@ -3,7 +3,8 @@
     python benchmarks/run_all.py [--device cpu|cuda] [--quick]
 
 Order: block step times (every architecture family, two softmax shapes, the linear and v1 shapes;
-then the heavy and v1 shapes with activation checkpointing), peak memory (both modes), B against
+then the heavy and v1 shapes with activation checkpointing), peak memory (both modes; on CPU also with
+a GPU's code paths, an estimate of a GPU's peaks), B against
 transformers' GPT-2, torch.compile on/off (primary and v1 shapes; on CPU also H0, H1 and R2 at the
 heavy shape, where H1/R2's eager value groups take a materialised pass), the particle-lab scale, and
 profiles of the steps whose targets do not hold, with lower bounds, the kernel micro-benchmarks
@@ -11,7 +12,7 @@ behind the attention code's choices, and on CPU the C library's allocator settin
 `tune_cpu_allocator`, the momentum algebra fused, checkpointed and plain, the linear connection kept
 or recomputed, and B against v1_fe round by round (the machine's phases); last, the figure of the
 targets (results-<device>.png, from RESULTS.md). Every script honours SYMPFORMER_CPU_ALLOCATOR as the
-`sympformer` command does. About 31 minutes on 2 CPU cores; --quick
+`sympformer` command does. About 36 minutes on 2 CPU cores; --quick
 runs fewer rounds and the smaller particle sizes.
 """
 
@@ -61,8 +62,10 @@ def main() -> int:
         ["ops_per_step.py"],
         ["compiled_kernels.py"],
     ]
-    if on_cpu:  # compiled H1/R2 at the heavy shape; glibc's defaults against tune_cpu_allocator (fresh processes);
-        # the momentum algebra three ways; the linear connection kept or recomputed
+    if on_cpu:  # memory with a GPU's code paths; compiled H1/R2 at the heavy shape; glibc's defaults against
+        # tune_cpu_allocator (fresh processes); the momentum algebra three ways; the linear connection kept or
+        # recomputed
+        jobs.insert(3, ["memory.py", "--device-paths"])
         jobs.append(["compile.py", "--rounds", "3", "--shape", "heavy", "--archs", "H0,H1,R2"])
         jobs.append(["allocator.py", "--pairs", "2" if args.quick else "3"])
         jobs.append(["momentum_algebra.py", *rounds])
