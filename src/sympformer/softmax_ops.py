@@ -217,11 +217,13 @@ def _cpu_flash(q: Tensor, k: Tensor, pieces: Sequence[Piece], scale: float, caus
     return out.reshape(*batch, length, out.shape[-1]), log_norm.reshape(*batch, length)
 
 
-def _recipe_alone(pieces: Sequence[Piece]) -> bool:
-    """One value group given by its recipe (a :class:`Rebuilt` piece not yet formed), under autograd and
-    eager: the call for :func:`_average_of_recipe`."""
+def _recipe_alone(q: Tensor, pieces: Sequence[Piece]) -> bool:
+    """One value group given by its recipe (a :class:`Rebuilt` piece not yet formed), under autograd,
+    eager and outside autocast (as the CPU's rebuilding, ``recompute.rebuilds``: a bfloat16 step, the GPU
+    benchmarks' timing, keeps the group and its fewer launches): the call for :func:`_average_of_recipe`."""
     alone = len(pieces) == 1 and isinstance(pieces[0], Rebuilt) and pieces[0].value is None
-    return alone and torch.is_grad_enabled() and not torch.compiler.is_compiling()
+    eager = not torch.compiler.is_compiling() and not torch.is_autocast_enabled(q.device.type)
+    return alone and eager and torch.is_grad_enabled()
 
 
 def _average_of_recipe(q: Tensor, k: Tensor, piece: Rebuilt, **options) -> Tensor:
@@ -252,7 +254,7 @@ def softmax_average_of(
     may be :class:`Rebuilt`."""
     if _cpu_flash_applies(q, k, mask, dropout_p):
         return _cpu_flash(q, k, pieces, scale, causal)[0]
-    if _recipe_alone(pieces):
+    if _recipe_alone(q, pieces):
         return _average_of_recipe(q, k, pieces[0], scale=scale, causal=causal, mask=mask, dropout_p=dropout_p)
     pieces = formed(pieces)
     rows = _query_rows_per_call(q, k, mask, causal, dropout_p)

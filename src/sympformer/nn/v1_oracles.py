@@ -10,8 +10,8 @@ CausalPrefixForce (notes §7; the default): one kernel shared by the heads,
   (1/i) Σ_j E_ij v_j = z_i Σ_j P_ij v_j with P the causal softmax. On CPU (float32/64, eager, no
   generation cache) one materialised pass gives log z and the average inside W_O (:mod:`prefix_force_kernel`);
   elsewhere one flash call on the values w that also returns log z (the CPU kernel's own normaliser,
-  else a sentinel key), then one on s w (with the sentinel key, eager and with large activations, a
-  checkpoint region: :meth:`CausalPrefixForce._flash_force`).
+  else a sentinel key), then one on s w (with the sentinel key, eager, outside autocast and with large
+  activations, a checkpoint region: :meth:`CausalPrefixForce._flash_force`).
 
 PrefixLinearForce (notes §2.4 with the prefix count 1/i in place of v1's 1/T):
     F_i = (1/i) Σ_{j≤i} ((A x_i)·x_j) p_j,   G_i = −(1/i) Σ_{j≤i} (p_i·p_j) A x_j + V x_i.
@@ -33,7 +33,7 @@ from sympformer.integrators.oracle import Evaluation
 from sympformer.nn.attention import CallCounter, CausalSelfAttention
 from sympformer.nn.linear_attention import prefix_linear
 from sympformer.nn.prefix_force_kernel import materialised_applies, prefix_force, prefix_log_normaliser
-from sympformer.nn.recompute import recomputed
+from sympformer.nn.recompute import rebuilds, recomputed
 from sympformer.softmax_ops import kernel_log_normaliser
 
 
@@ -133,8 +133,8 @@ class CausalPrefixForce(CausalSelfAttention):
             log_norm, inner = self._materialised_force(q, k, w, kinetic)
         elif not need_force:
             log_norm, inner = self._average_with_normaliser(q, k, w)[1], None
-        elif self.cache is None and not kernel_log_normaliser(q, k) and not torch.compiler.is_compiling():
-            # the sentinel key (a GPU), eager: see _flash_force
+        elif self.cache is None and not kernel_log_normaliser(q, k) and rebuilds(q):
+            # the sentinel key (a GPU), eager, outside autocast, large: see _flash_force
             log_norm, inner = recomputed(self._flash_force, q, k, w, kinetic)
         else:
             log_norm, inner = self._flash_force(q, k, w, kinetic)
@@ -152,14 +152,18 @@ class CausalPrefixForce(CausalSelfAttention):
         """(L, the force before W_O) from two fused calls: (y, L) from the first, y2 = Σ_j P_ij s_j w_j
         with s = b / z² (which needs L) from a second, then (z / 2) ((s + 2) y + y2).
 
-        With the sentinel key (a GPU), eager and with large activations, the two calls and their algebra
-        form a checkpoint region (:func:`~sympformer.nn.recompute.recomputed`): SDPA keeps what it is handed,
+        With the sentinel key (a GPU) where the CPU's paths rebuild (:func:`~sympformer.nn.recompute.rebuilds`:
+        eager, outside autocast, large activations) the two calls and their algebra form a checkpoint
+        region (:func:`~sympformer.nn.recompute.recomputed`): SDPA keeps what it is handed,
         here the sentinel call's q, keys and values one row and one column wider than q and the values
         s·w, and the algebra keeps y and more; the region keeps q, k, w and b, and the backward pass
         repeats both calls' forward passes. With a GPU's code on the CPU (benchmarks/memory.py
         --device-paths, the v1 shape) the one-call schemes' peaks went from 1.59–1.68× B's to 1.27–1.29×
         (as with the CPU's materialised pass), doubling's from 4.78× to 3.18×; the H200 measured
-        1.81–1.97× with the calls kept. The time this costs on a GPU is not measured yet."""
+        1.81–1.97× with the calls kept. The time this costs on a GPU is not measured yet: in float32 a
+        v1_fe training step with a GPU's paths dispatches 15 % more operators (996 against 864, counted as
+        benchmarks/ops_per_step.py counts; one-off), and an eager GPU step at these shapes is bound by
+        launching them. bfloat16 steps (the GPU timings) are as before."""
         (w_avg,), log_norm = self._average_with_normaliser(q, k, w)
         log_z = log_norm - torch.log(self.positions(q.shape[-2], log_norm))
         s = (kinetic * torch.exp(-log_z).square())[:, None, :, None]  # ⟨B p_i, p_i⟩ / z_i²
