@@ -19,10 +19,10 @@ from sympformer.nn import ARCHS, SympFormerConfig, SympFormerLM, recompute, v1_o
 TINY = dict(vocab_size=29, n_layer=2, n_head=2, n_embd=16, block_size=20)
 
 
-def loss_and_gradients(arch: str, dtype=torch.float64, bf16: bool = False) -> torch.Tensor:
+def loss_and_gradients(arch: str, dtype=torch.float64, bf16: bool = False, **overrides) -> torch.Tensor:
     """[loss, every gradient] of a model whose scalars sit away from their initial values (``bf16``:
     under bfloat16 autocast, as the GPU benchmarks and training run)."""
-    model = SympFormerLM(SympFormerConfig(**TINY, arch=arch), seed=0).to(dtype)
+    model = SympFormerLM(SympFormerConfig(**TINY, **overrides, arch=arch), seed=0).to(dtype)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith(".raw"):
@@ -60,6 +60,14 @@ def test_the_device_paths_under_bf16_autocast_track_float32(monkeypatch, arch):
     assert got.shape == want.shape
     assert abs(got[0] - want[0]) <= 0.02 * abs(want[0])
     assert torch.nn.functional.cosine_similarity(got[1:], want[1:], dim=0) >= 0.99
+
+
+@pytest.mark.parametrize("arch", ["H1", "R2", "v1_fe", "v1_strang"])
+def test_activation_checkpointing_over_the_device_paths_changes_no_bit(monkeypatch, arch):
+    """Whole blocks recomputed around the device paths' own checkpoint regions (nested): the same bits."""
+    take_the_device_paths(monkeypatch)
+    plain = loss_and_gradients(arch)
+    assert torch.equal(loss_and_gradients(arch, activation_checkpointing=True), plain)
 
 
 def test_the_device_paths_are_taken(monkeypatch):
