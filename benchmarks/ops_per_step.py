@@ -9,7 +9,13 @@ apart. A custom operator counts once (the fused loss's chunk loop runs inside on
 may launch several kernels, so the count is a proxy: compare architectures, not absolute figures.
 With --gpu-section the count is set beside an earlier GPU step-time section's figures.
 
+By default the CPU's own code runs, in float32. ``--device-paths`` counts what a GPU's bf16 step
+dispatches: the code a GPU runs (``softmax_ops.CPU_KERNELS`` off: SDPA with the sentinel key, one call
+per value group, the v1 oracle's two flash calls) under bf16 autocast, the GPU timings' precision, with
+autocast's casts (its own section).
+
     python benchmarks/ops_per_step.py [--shapes primary,heavy,linear,v1] [--gpu-section blocks-{shape}-cuda-bf16]
+        [--device-paths]
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import options  # noqa: E402
 from blocks_step_time import SHAPES, shape_step  # noqa: E402
 
+from sympformer import softmax_ops  # noqa: E402
 from sympformer.benchmarking import section_rows, table_number, write_section  # noqa: E402
 from sympformer.utils import markdown_table  # noqa: E402
 
@@ -47,9 +54,9 @@ class OperatorCount(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def operators_per_step(shape: str, arch: str) -> Counter[str]:
+def operators_per_step(shape: str, arch: str, precision: str = "fp32") -> Counter[str]:
     """The operators of one training step (after a warm-up step, so that the optimiser state exists)."""
-    step = shape_step(shape, arch)
+    step = shape_step(shape, arch, precision=precision)
     step()
     with OperatorCount() as count:
         step()
@@ -75,12 +82,19 @@ def main() -> None:
         "--gpu-section", default="blocks-{shape}-cuda-bf16", help="RESULTS.md section with GPU step times to set beside"
     )
     options.add_results(parser)
+    parser.add_argument(
+        "--device-paths",
+        action="store_true",
+        help="count a GPU's code under bf16 autocast (the GPU timings' precision)",
+    )
     args = parser.parse_args()
+    softmax_ops.CPU_KERNELS = not args.device_paths
+    precision = "bf16" if args.device_paths else "fp32"
     bodies = []
     for shape in args.shapes:
         archs, base = SHAPES[shape][2], SHAPES[shape][2][0]
         gpu = gpu_times(Path(args.results), args.gpu_section.format(shape=shape))
-        counts = {arch: operators_per_step(shape, arch) for arch in archs}
+        counts = {arch: operators_per_step(shape, arch, precision) for arch in archs}
         kernels = {arch: sum(n for op, n in c.items() if op not in NO_KERNEL) for arch, c in counts.items()}
         rows = []
         for arch in archs:
@@ -96,7 +110,13 @@ def main() -> None:
         bodies.append(f"### shape `{shape}`\n{source}\n\n" + markdown_table(header, rows) + "\n")
     body = "\n".join(bodies)
     print(body)
-    write_section(args.results, "ops-per-step", "Operators dispatched per training step (CPU count)", body, "cpu")
+    key, title = "ops-per-step", "Operators dispatched per training step (CPU count)"
+    if args.device_paths:
+        key, title = (
+            "ops-per-step-device-paths",
+            "Operators a GPU's bf16 step dispatches (CPU count, a GPU's code paths)",
+        )
+    write_section(args.results, key, title, body, "cpu")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ a GPU's code paths, an estimate of a GPU's peaks), B against
 transformers' GPT-2, torch.compile on/off (primary and v1 shapes; on CPU also H0, H1 and R2 at the
 heavy shape, where H1/R2's eager value groups take a materialised pass), the particle-lab scale, and
 profiles of the steps whose targets do not hold, with lower bounds, the kernel micro-benchmarks
-behind the attention code's choices, and on CPU the C library's allocator settings against
+behind the attention code's choices, the operators a step dispatches (the CPU's code in float32, a
+GPU's in bf16) and the kernels inductor generates, and on CPU the C library's allocator settings against
 `tune_cpu_allocator`, the momentum algebra fused, checkpointed and plain, the linear connection kept
 or recomputed, and B against v1_fe round by round (the machine's phases); last, the figure of the
 targets (results-<device>.png, from RESULTS.md). Every script honours SYMPFORMER_CPU_ALLOCATOR as the
@@ -60,6 +61,7 @@ def main() -> int:
         ["profile_steps.py"],
         ["kernels.py"],
         ["ops_per_step.py"],
+        ["ops_per_step.py", "--device-paths"],
         ["compiled_kernels.py"],
     ]
     if on_cpu:  # memory with a GPU's code paths; compiled H1/R2 at the heavy shape; glibc's defaults against

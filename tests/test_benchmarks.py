@@ -431,6 +431,7 @@ SCRIPT_RUNS = [
         for args, key in [
             (["blocks_step_time.py", "--shapes", "v1", "--rounds", "1", "--repeats", "1"], "blocks-v1-cpu-fp32"),
             (["ops_per_step.py", "--shapes", "v1"], "ops-per-step"),
+            (["ops_per_step.py", "--shapes", "v1", "--device-paths"], "ops-per-step-device-paths"),
             (["phases.py", "--rounds", "2"], "phases-v1-cpu"),
             (["particles_scale.py", "--sizes", "1000"], "particles-scale-cpu"),
             (["allocator.py", "--pairs", "1", "--shapes", "v1"], "allocator-cpu"),
