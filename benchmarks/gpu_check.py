@@ -24,7 +24,7 @@ import options
 import torch
 
 from sympformer.benchmarking import write_section
-from sympformer.nn import ARCHS, SympFormerConfig, SympFormerLM, recompute
+from sympformer.nn import ARCHS, SympFormerConfig, SympFormerLM, recompute, scalars_off_their_start
 from sympformer.utils import markdown_table
 
 TINY = dict(vocab_size=61, n_layer=2, n_head=2, n_embd=32, block_size=48)
@@ -47,10 +47,7 @@ def relative(got: torch.Tensor, want: torch.Tensor) -> float:
 def check(arch: str, device: str) -> dict[str, float]:
     """The four measures of one architecture (see the module docstring)."""
     model = SympFormerLM(SympFormerConfig(**TINY, arch=arch), seed=0).double()
-    with torch.no_grad():  # scalars away from their init, so that every term matters
-        for name, p in model.named_parameters():
-            if name.endswith(".raw"):
-                p.add_(0.3 * torch.sin(torch.tensor(float(len(name)))))
+    scalars_off_their_start(model)  # so that every term matters
     idx = torch.randint(0, TINY["vocab_size"], (3, TINY["block_size"]), generator=torch.Generator().manual_seed(1))
     ref_loss, ref_grad = loss_and_gradients(model, idx)
     on_device = idx.to(device)

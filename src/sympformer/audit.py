@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from sympformer.nn import SympFormerConfig, SympFormerLM
+from sympformer.nn import SympFormerConfig, SympFormerLM, scalars_off_their_start
 
 
 @dataclass
@@ -109,8 +109,5 @@ def audit_arch(arch: str, seed: int = 0, **shape) -> AuditReport:
     fields = {"vocab_size": 64, "n_layer": 2, "n_head": 2, "n_embd": 16, "block_size": 32, **shape, "arch": arch}
     config = SympFormerConfig(**fields)
     model = SympFormerLM(config, seed=seed)
-    with torch.no_grad():  # move the learned scalars off their initial values so that every term acts
-        for name, param in model.named_parameters():
-            if name.endswith(".raw"):
-                param.add_(0.25)
+    scalars_off_their_start(model)  # so that every term acts
     return audit_causality(model, seed=seed)

@@ -43,6 +43,16 @@ class Rebuilt:
 Piece = Tensor | Rebuilt
 
 
+def rebuilding_applies(t: Tensor) -> bool:
+    """Whether a tensor like ``t`` may be kept as what rebuilds it, whatever its size: autograd records,
+    eager (torch.compile chooses what to recompute itself) and outside autocast (a rebuilding Function
+    would run outside it; and a bfloat16 step, the GPU timings, keeps its fewer launches). The size test
+    is the caller's (``nn.recompute.rebuilds``)."""
+    return (
+        torch.is_grad_enabled() and not torch.compiler.is_compiling() and not torch.is_autocast_enabled(t.device.type)
+    )
+
+
 def piece_width(piece: Piece) -> int:
     return piece.width if isinstance(piece, Rebuilt) else piece.shape[-1]
 

@@ -27,7 +27,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 
-from sympformer.rebuilt import Piece, Rebuilt, formed, piece_width  # noqa: F401 (re-exported)
+from sympformer.rebuilt import Piece, Rebuilt, formed, piece_width, rebuilding_applies  # noqa: F401 (re-exported)
 from sympformer.rebuilt import flattened as _flattened
 from sympformer.rebuilt import pieces_of as _pieces_of
 from sympformer.rebuilt import through_recipes as _through_recipes
@@ -218,12 +218,11 @@ def _cpu_flash(q: Tensor, k: Tensor, pieces: Sequence[Piece], scale: float, caus
 
 
 def _recipe_alone(q: Tensor, pieces: Sequence[Piece]) -> bool:
-    """One value group given by its recipe (a :class:`Rebuilt` piece not yet formed), under autograd,
-    eager and outside autocast (as the CPU's rebuilding, ``recompute.rebuilds``: a bfloat16 step, the GPU
-    benchmarks' timing, keeps the group and its fewer launches): the call for :func:`_average_of_recipe`."""
+    """One value group given by its recipe (a :class:`Rebuilt` piece not yet formed) where rebuilding
+    applies (:func:`~sympformer.rebuilt.rebuilding_applies`; the recipe itself exists only for large
+    activations): the call for :func:`_average_of_recipe`."""
     alone = len(pieces) == 1 and isinstance(pieces[0], Rebuilt) and pieces[0].value is None
-    eager = not torch.compiler.is_compiling() and not torch.is_autocast_enabled(q.device.type)
-    return alone and eager and torch.is_grad_enabled()
+    return alone and rebuilding_applies(q)
 
 
 def _average_of_recipe(q: Tensor, k: Tensor, piece: Rebuilt, **options) -> Tensor:

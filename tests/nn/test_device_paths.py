@@ -14,19 +14,16 @@ import pytest
 import torch
 
 from sympformer import softmax_ops
-from sympformer.nn import ARCHS, SympFormerConfig, SympFormerLM, recompute, v1_oracles
+from sympformer.nn import ARCHS, SympFormerConfig, SympFormerLM, recompute, scalars_off_their_start, v1_oracles
 
 TINY = dict(vocab_size=29, n_layer=2, n_head=2, n_embd=16, block_size=20)
 
 
 def loss_and_gradients(arch: str, dtype=torch.float64, bf16: bool = False, **overrides) -> torch.Tensor:
-    """[loss, every gradient] of a model whose scalars sit away from their initial values (``bf16``:
+    """[loss, every gradient] of a model whose scalars sit away from their starting values (``bf16``:
     under bfloat16 autocast, as the GPU benchmarks and training run)."""
     model = SympFormerLM(SympFormerConfig(**TINY, **overrides, arch=arch), seed=0).to(dtype)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith(".raw"):
-                p.add_(0.3 * torch.sin(torch.tensor(float(len(name)))))
+    scalars_off_their_start(model)
     idx = torch.randint(0, TINY["vocab_size"], (2, TINY["block_size"]), generator=torch.Generator().manual_seed(3))
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         _, loss = model(idx, idx, return_logits=False)

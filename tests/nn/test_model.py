@@ -16,6 +16,7 @@ from sympformer.nn import (
     SympFormerConfig,
     SympFormerLM,
     connection_reference,
+    scalars_off_their_start,
 )
 
 TINY = dict(vocab_size=37, n_layer=2, n_head=2, n_embd=16, block_size=24)
@@ -23,11 +24,7 @@ TINY = dict(vocab_size=37, n_layer=2, n_head=2, n_embd=16, block_size=24)
 
 def tiny_model(arch: str, seed: int = 0, dtype=torch.float64, **overrides) -> SympFormerLM:
     model = SympFormerLM(SympFormerConfig(**{**TINY, **overrides, "arch": arch}), seed=seed).to(dtype)
-    # scalars away from their init so that every term matters
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith(".raw"):
-                p.add_(0.3 * torch.sin(torch.tensor(float(len(name)))))
+    scalars_off_their_start(model)  # so that every term matters
     return model
 
 

@@ -4,7 +4,7 @@
 from sympformer.nn.attention import CausalSelfAttention, connection_reference
 from sympformer.nn.blocks import BLOCKS, H0, H1, H1_LA, R2, R2_LA, B, MomentumBlock, Y
 from sympformer.nn.config import ARCHS, CAUSAL_ARCHS, LINEAR_ARCHS, SOFTMAX_ARCHS, V1_ARCH_NAMES, SympFormerConfig
-from sympformer.nn.layers import MLP, ConstrainedScalar, LayerNorm
+from sympformer.nn.layers import MLP, ConstrainedScalar, LayerNorm, scalars_off_their_start
 from sympformer.nn.linear_attention import PrefixLinearAttention, linear_connection_reference
 from sympformer.nn.model import SympFormerLM
 from sympformer.nn.v1_blocks import V1Block, V1State
@@ -35,4 +35,5 @@ __all__ = [
     "SympFormerLM",
     "Y",
     "connection_reference",
+    "scalars_off_their_start",
 ]

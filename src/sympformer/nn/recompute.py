@@ -16,6 +16,8 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from sympformer.rebuilt import rebuilding_applies
+
 MIN_ELEMENTS = 1 << 18  # 1 MiB of float32: the v1 and heavy benchmark shapes recompute, primary does not
 
 
@@ -23,12 +25,7 @@ def rebuilds(t: Tensor) -> bool:
     """Whether a tensor like ``t`` is worth keeping as what rebuilds it (a recipe, a product's input):
     autograd records, ``t`` is large (``MIN_ELEMENTS``), eager (torch.compile chooses what to recompute
     itself) and outside autocast (the rebuilding would run outside it)."""
-    return (
-        torch.is_grad_enabled()
-        and t.numel() >= MIN_ELEMENTS
-        and not torch.compiler.is_compiling()
-        and not torch.is_autocast_enabled(t.device.type)
-    )
+    return t.numel() >= MIN_ELEMENTS and rebuilding_applies(t)
 
 
 def recomputed(fn, *inputs: Tensor) -> Tensor:
